@@ -1,0 +1,179 @@
+"""Text-guided VQShape (MMVQShape): shape codebook + action codebook via signal-text cross-attention.
+
+../shared/DESIGN.md §4. Sub-action sentences of each class (embedded by a frozen text
+encoder) are the keys of a bidirectional cross-attention with the shape tokens; the
+attention of each shape token over the sub-actions is the target of an action decoder on
+the shape code, so after training every shape code decodes to a shape *and* a sub-action
+distribution. Class text is privileged: evaluation uses the whole vocabulary as keys.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from teachers.layers import MLP, Attention
+from teachers.vqshape import ShapeCodebook, VQShape, fold_tokens
+
+
+def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of v over rows where mask is True; 0 (still in the graph) when none is."""
+    mask = mask.to(v.dtype)
+    return (v * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_rows(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dim, 0 log 0 = 0."""
+    return (torch.xlogy(p, p) - p * log_q).sum(dim=-1)
+
+
+def supcon_loss(sig: torch.Tensor, txt: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """Symmetric cross-modal supervised contrastive loss; same class = positive.
+
+    sig, txt (B, d); y (B,); valid (B,) rows that take part (class-text samples).
+    """
+    s, t = F.normalize(sig.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    logits = s @ t.t() / temperature                                   # (B, B)
+    pos = (y[:, None] == y[None, :]) & valid[None, :]
+    cols = valid[None, :].expand_as(logits)
+
+    def one_way(lg, ps, cl):
+        logp = lg.masked_fill(~cl, float("-inf")).log_softmax(dim=-1).masked_fill(~cl, 0.0)
+        return -(logp * ps).sum(-1) / ps.sum(-1).clamp(min=1)
+
+    loss = one_way(logits, pos, cols) + one_way(logits.t(), pos.t(), cols)
+    return masked_mean(loss / 2, valid)
+
+
+class MMVQShape(VQShape):
+    """VQShape whose z head reads text-fused tokens, plus the action branch."""
+
+    def __init__(self, cfg, fusion, num_channels: int, num_classes: int, vocab_emb: torch.Tensor,
+                 class_index: torch.Tensor, class_mask: torch.Tensor, label_emb: torch.Tensor):
+        super().__init__(cfg, num_channels, num_classes)
+        self.check_text(num_classes, vocab_emb, class_index, class_mask, label_emb)
+        self.fusion = fusion
+        M, Dt = vocab_emb.shape
+        d, K = cfg.dim, class_index.shape[1]
+        self.register_buffer("vocab_emb", vocab_emb.float().clone())        # (M, Dt)
+        self.register_buffer("class_index", class_index.clamp(min=0).long().clone())  # (n_cls, K), pad -> 0
+        self.register_buffer("class_mask", class_mask.bool().clone())       # (n_cls, K)
+        self.register_buffer("label_emb", label_emb.float().clone())        # (n_cls, Dt)
+        self.text_proj = nn.Linear(Dt, d)
+        self.sig_attn = Attention(d, fusion.heads, cfg.dropout)             # Q = shape tokens, K = V = text
+        self.txt_attn = Attention(d, fusion.heads, cfg.dropout)             # Q = text, K = V = all channels' tokens
+        self.action_decoder = MLP(cfg.dim_code, M, fusion.action_hidden)    # shape code -> sub-action logits
+        self.action_attr = MLP(d, d, d)
+        self.action_codebook = ShapeCodebook(M, d, cfg.beta, cfg.lambda_entropy, cfg.entropy_gamma,
+                                             cfg.entropy_temp)
+        with torch.no_grad():  # action codes start at the projected vocabulary embeddings
+            self.action_codebook.weight.copy_(self.text_proj(self.vocab_emb))
+        self.label_head = MLP(K * d, Dt, d)
+
+    @staticmethod
+    def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:
+        if class_index.shape != class_mask.shape or class_index.shape[0] != num_classes:
+            raise ValueError(f"class_index {list(class_index.shape)} / class_mask {list(class_mask.shape)} "
+                             f"must both be [num_classes={num_classes}, K]")
+        empty = (~class_mask.bool().any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"classes {empty} have no sub-action text; add sub-actions for them")
+        if label_emb.shape != (num_classes, vocab_emb.shape[1]):
+            raise ValueError(f"label_emb {list(label_emb.shape)} must be [{num_classes}, {vocab_emb.shape[1]}]")
+        if int(class_index[class_mask.bool()].max()) >= vocab_emb.shape[0]:
+            raise ValueError("class_index points past the vocabulary")
+
+    @property
+    def M(self) -> int:
+        return self.vocab_emb.shape[0]
+
+    # -- keys ---------------------------------------------------------------------------
+    def keys_for(self, y: Optional[torch.Tensor], keys: str, batch: int):
+        """-> key ids (B, Kp), key mask (B, Kp), class_mode (B,).
+
+        keys: "class" (each sample's own sub-actions: privileged), "vocab" (the whole
+        vocabulary: no label), "mix" (training: vocab_prob of the samples use the vocabulary).
+        """
+        dev, M, K = self.vocab_emb.device, self.M, self.class_index.shape[1]
+        if keys == "vocab":
+            idx = torch.arange(M, device=dev).expand(batch, M)
+            return idx, torch.ones_like(idx, dtype=torch.bool), torch.zeros(batch, dtype=torch.bool, device=dev)
+        if y is None:
+            raise ValueError(f"keys={keys!r} needs the labels y (class text is looked up by label)")
+        if keys == "class":
+            return self.class_index[y], self.class_mask[y], torch.ones(batch, dtype=torch.bool, device=dev)
+        if keys != "mix":
+            raise ValueError(f"keys must be 'class', 'vocab' or 'mix', got {keys!r}")
+        n = batch if self.fusion.vocab_mix == "sample" else 1
+        class_mode = (torch.rand(n, device=dev) >= self.fusion.vocab_prob).expand(batch)
+        Kp = max(K, M)
+        cls_idx = F.pad(self.class_index[y], (0, Kp - K))                  # (B, Kp)
+        cls_mask = F.pad(self.class_mask[y], (0, Kp - K))
+        voc_idx = F.pad(torch.arange(M, device=dev), (0, Kp - M)).expand(batch, Kp)
+        voc_mask = (torch.arange(Kp, device=dev) < M).expand(batch, Kp)
+        cm = class_mode[:, None]
+        return torch.where(cm, cls_idx, voc_idx), torch.where(cm, cls_mask, voc_mask), class_mode
+
+    # -- forward ------------------------------------------------------------------------
+    train_keys = "mix"
+
+    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, keys: Optional[str] = None):
+        """KD outputs; by default computed with the class text (privileged, fusion.teach_keys)."""
+        keys = keys or self.fusion.teach_keys
+        out = self(x, y, keys=keys, reconstruct=False)
+        t = self.teach_from(out, x.shape[0])
+        t["action_logits"] = fold_tokens(out["action_logits"], x.shape[0])
+        t["action_tokens"] = out["action_tokens"]                            # (B, Kp, d), zeros at padding
+        return t
+
+    def fuse(self, h: torch.Tensor, batch: int, y: Optional[torch.Tensor], keys: str) -> Dict[str, torch.Tensor]:
+        C, M = self.num_channels, self.M
+        key_idx, key_mask, class_mode = self.keys_for(y, keys, batch)
+        u = self.text_proj(self.vocab_emb)[key_idx]                         # (B, Kp, d)
+        a, attn = self.sig_attn.forward_with_weights(
+            h, u.repeat_interleave(C, 0), key_mask.repeat_interleave(C, 0))  # (B*C, N, d), (B*C, N, Kp)
+        u_fused = u + self.txt_attn(u, fold_tokens(h, batch))               # (B, Kp, d)
+        idx = key_idx.repeat_interleave(C, 0)[:, None, :].expand_as(attn)
+        p_tok = attn.new_zeros(*attn.shape[:2], M).scatter_add_(-1, idx, attn.detach())  # (B*C, N, M)
+        h_fused = h + a                                                     # h' = h + MHA(h, u)
+        return {"h_z": h_fused, "h_fused": h_fused, "attn": attn, "p_tok": p_tok, "text_tokens": u_fused,
+                "key_idx": key_idx, "key_mask": key_mask, "class_mode": class_mode}
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, keys: str = "vocab",
+                reconstruct: bool = True) -> Dict[str, torch.Tensor]:
+        out = super().forward(x, y, keys, reconstruct)
+        out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
+        out.update(self.action_branch(out))
+        return out
+
+    def action_branch(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Quantise the text-query tokens to the action codebook and predict the label embedding."""
+        a = self.action_attr(out["text_tokens"])                            # (B, Kp, d)
+        mask = out["key_mask"]
+        a_q_valid, a_idx, vq, _ = self.action_codebook(a[mask])             # valid keys only
+        a_q = torch.zeros_like(a).masked_scatter(mask[..., None], a_q_valid)
+        K = self.class_index.shape[1]
+        pred = self.label_head(a_q[:, :K].flatten(1))                       # (B, Dt); class-mode rows meaningful
+        idx = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device).masked_scatter(mask, a_idx)
+        return {"action_tokens": a_q, "action_idx": idx, "vq_action": vq, "label_pred": pred}
+
+    # -- losses -------------------------------------------------------------------------
+    def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Adds act, label, con, vq_action; the class-text terms average over class-mode samples."""
+        terms = super().losses(out, y)
+        f, C = self.fusion, self.num_channels
+        cm = out["class_mode"]
+        log_q = out["action_logits"].float().log_softmax(dim=-1)
+        act = kl_rows(out["p_tok"].float(), log_q).mean(dim=-1)             # (B*C,)
+        terms["act"] = f.lambda_act * masked_mean(act, cm.repeat_interleave(C))
+        cos = F.cosine_similarity(out["label_pred"].float(), self.label_emb[y], dim=-1)
+        terms["label"] = f.lambda_label * masked_mean(1 - cos, cm)
+        mask = out["key_mask"][..., None].to(out["text_tokens"].dtype)
+        txt = (out["text_tokens"] * mask).sum(1) / mask.sum(1)              # (B, d)
+        sig = fold_tokens(out["h_fused"], len(y)).mean(1)                   # (B, d)
+        terms["con"] = f.lambda_con * supcon_loss(sig, txt, y, cm, f.con_temperature)
+        terms["vq_action"] = f.lambda_vq_action * out["vq_action"]
+        return terms
