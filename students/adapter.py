@@ -1,0 +1,53 @@
+"""Token adapter: a bridge from a student's features to the teacher's token grid.
+
+A CNN has no shape tokens, so attribute-level KD needs a bridge: `TokenAdapter` reads the
+CNN's last feature map [B, D, L] with G learned queries (one per teacher token, G = C*N)
+and emits VQShape's attribute parameterisation (z_e, t, l, mu, sigma) on that grid.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from teachers.layers import Attention, FeedForward, check_rank
+from teachers.vqshape import VQShape, AttributeHeads
+
+
+class TokenAdapter(nn.Module):
+    """CNN features [B, D, L] -> G attribute tokens, as the VQShape teacher parameterises them.
+
+    Keys/values: Linear D->dim + learned positions over `length` steps (linearly resampled
+    when the features have another length, e.g. windows longer than the training ones).
+    Queries: G learned tokens. One post-norm cross-attention + feed-forward block, then the
+    teacher's `AttributeHeads` (t in [0, 1 - 1/64], l in [1/64, 1 - t + 1/64]).
+    """
+
+    def __init__(self, feature_dim: int, num_tokens: int, dim_code: int, dim: int, heads: int, length: int):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.proj = nn.Linear(feature_dim, dim)
+        self.pos = nn.Parameter(torch.randn(length, dim) * 0.02)
+        self.ctx_norm = nn.LayerNorm(dim)
+        self.queries = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)
+        self.attn = Attention(dim, heads)
+        self.ff = FeedForward(dim, dropout=0.0)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attr = AttributeHeads(dim, dim_code, min_len=VQShape.min_len)
+
+    def positions(self, L: int) -> torch.Tensor:
+        if L == self.pos.shape[0]:
+            return self.pos
+        return F.interpolate(self.pos.t()[None], size=L, mode="linear", align_corners=False)[0].t()  # (L, dim)
+
+    def forward(self, features: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """features (B, D, L) -> tokens (B, G, dim), z_e (B, G, dc), t, l, mu, sigma (B, G, 1)."""
+        check_rank(features, [None, self.feature_dim, None], name="features")
+        B, _, L = features.shape
+        ctx = self.ctx_norm(self.proj(features.transpose(1, 2)) + self.positions(L))  # (B, L, dim)
+        q = self.queries.expand(B, -1, -1)                                             # (B, G, dim)
+        h = self.norm1(q + self.attn(q, ctx))
+        h = self.norm2(h + self.ff(h))
+        return {"tokens": h, **self.attr(h)}
