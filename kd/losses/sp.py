@@ -1,0 +1,24 @@
+"""Similarity-preserving KD (Tung & Mori, https://arxiv.org/abs/1907.09682)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sp_loss(s_feat: torch.Tensor, t_feat: torch.Tensor) -> torch.Tensor:
+    """||G_s - G_t||_F^2 / B^2 with G = row-normalised F F^T on features flattened to (B, -1)."""
+    B = s_feat.shape[0]
+    s, t = s_feat.float().reshape(B, -1), t_feat.detach().float().reshape(B, -1)
+    g_s = F.normalize(s @ s.t(), dim=1)
+    g_t = F.normalize(t @ t.t(), dim=1)
+    return (g_s - g_t).pow(2).sum() / (B * B)
+
+
+class SimilarityPreserving(nn.Module):
+    requires = ("features",)
+
+    def __init__(self, cfg, student_dims=None, teacher_dims=None):
+        super().__init__()
+        self.weight = cfg.weight
+
+    def forward(self, s_out, t_out):
+        return {"sp": self.weight * sp_loss(s_out["features"], t_out["features"])}
