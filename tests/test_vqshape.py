@@ -1,0 +1,288 @@
+"""VQShape teacher: formulas on hand-made inputs, shapes, gradient paths, exactness of the
+decode-once shape decoder, freezing and checkpoint round trips."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd.checkpoint import load_weights, read_checkpoint, save_model
+from kd.config import FusionConfig, VQShapeConfig
+from teachers.mmvqshape import MMVQShape, kl_rows, supcon_loss
+from teachers.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence,
+                              instance_norm)
+
+TINY = dict(dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4,
+            num_token=8, num_code=16, len_s=32, head_hidden=16)
+
+
+def tiny_cfg(**kw):
+    return VQShapeConfig(**{**TINY, **kw})
+
+
+def text_tensors(n_cls=3, M=5, K=3, Dt=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"vocab_emb": F.normalize(torch.randn(M, Dt, generator=g), dim=-1),
+            "class_index": torch.tensor([[0, 1, 2], [2, 3, -1], [4, 0, 1]])[:n_cls, :K],
+            "class_mask": torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)[:n_cls, :K],
+            "label_emb": torch.randn(n_cls, Dt, generator=g)}
+
+
+# ----------------------------------------------------------------------------- codebook
+def test_codebook_nearest_code_straight_through_and_loss_value():
+    cb = ShapeCodebook(3, 2, beta=0.25, lambda_entropy=0.0, entropy_gamma=1.0, entropy_temp=0.01)
+    with torch.no_grad():
+        cb.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+    z = torch.tensor([[0.9, 0.1], [0.1, 1.5]], requires_grad=True)
+    z_q, idx, loss, d = cb(z)
+    assert idx.tolist() == [1, 2]
+    assert torch.equal(z_q.detach(), torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    # mean((sg[z_q]-z)^2) + beta*mean((z_q-sg[z])^2) = 1.25 * mean of squared residuals
+    sq = ((0.1 ** 2 + 0.1 ** 2) + (0.1 ** 2 + 0.5 ** 2)) / 4
+    assert loss.item() == pytest.approx(1.25 * sq, rel=1e-6)
+    assert torch.allclose(d, torch.cdist(z, cb.weight).pow(2), atol=1e-6)
+    z_q.sum().backward()                                     # straight-through: dz_q/dz = I
+    assert torch.allclose(z.grad, torch.ones_like(z))
+
+
+def test_codebook_gradients_split_between_encoder_and_codes():
+    cb = ShapeCodebook(2, 1, beta=0.25, lambda_entropy=0.0, entropy_gamma=1.0, entropy_temp=0.01)
+    with torch.no_grad():
+        cb.weight.copy_(torch.tensor([[0.0], [4.0]]))
+    z = torch.tensor([[1.0]], requires_grad=True)
+    _, _, loss, _ = cb(z)
+    loss.backward()
+    assert z.grad.item() == pytest.approx(2 * (1.0 - 0.0))             # commitment pulls z to its code
+    assert cb.weight.grad[0].item() == pytest.approx(0.25 * 2 * (0.0 - 1.0))  # beta term moves the code
+    assert cb.weight.grad[1].item() == 0.0
+
+
+def test_entropy_term_rewards_spread_usage():
+    """H(p) per token low and H(mean p) high is lower loss: spread codes beat one code for all."""
+    cb = ShapeCodebook(2, 1, beta=0.0, lambda_entropy=1.0, entropy_gamma=1.0, entropy_temp=0.01)
+    with torch.no_grad():
+        cb.weight.copy_(torch.tensor([[0.0], [1.0]]))
+    spread = torch.tensor([[0.0], [1.0]])
+    collapsed = torch.tensor([[0.0], [0.0]])
+    l_spread = cb(spread)[2].item()
+    l_collapsed = cb(collapsed)[2].item()
+    # both are confident per token (H(p) ~ 0); spread has H(mean p) = log 2
+    assert l_spread == pytest.approx(-math.log(2), abs=1e-3)
+    assert l_collapsed == pytest.approx(0.0, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_instance_norm_uses_unbiased_variance():
+    x = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    xn, mean, std = instance_norm(x)
+    assert mean.item() == pytest.approx(3.0)
+    assert std.item() == pytest.approx(math.sqrt(np.var([1, 2, 3, 6], ddof=1) + 1e-5))
+    assert torch.allclose(xn, (x - 3.0) / std)
+
+
+def test_extract_subsequence_matches_direct_interpolation():
+    torch.manual_seed(0)
+    x = torch.randn(3, 100)
+    t = torch.tensor([0.0, 0.3, 0.9]).view(3, 1, 1).expand(3, 2, 1).contiguous()
+    l = torch.tensor([0.5, 0.2, 0.4]).view(3, 1, 1).expand(3, 2, 1).contiguous()
+    s = extract_subsequence(x, t, l, 17)
+    for b in range(3):
+        start, end = t[b, 0, 0].item() * 99, min(t[b, 0, 0].item() + l[b, 0, 0].item(), 1.0) * 99
+        ref = np.interp(np.linspace(start, end, 17), np.arange(100), x[b].numpy())
+        assert np.allclose(s[b, 0].numpy(), ref, atol=1e-5)
+        assert torch.equal(s[b, 0], s[b, 1])
+
+
+def test_extract_subsequence_equals_official_grid_sample():
+    torch.manual_seed(1)
+    x, t, l = torch.randn(4, 64), torch.rand(4, 3, 1) * 0.9, torch.rand(4, 3, 1) * 0.5 + 0.02
+    T = x.shape[1]
+    r = torch.linspace(0, 1, 9)
+    grid = t * (T - 1) + ((t + l).clamp(max=1) * (T - 1) - t * (T - 1)) * r
+    grid = torch.stack([2 * grid / (T - 1) - 1, torch.ones_like(grid)], dim=-1)
+    ref = F.grid_sample(x[:, None, None, :], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+    assert torch.allclose(extract_subsequence(x, t, l, 9), ref, atol=1e-5)
+
+
+def test_disentangle_loss_on_known_points():
+    # l = 1 -> r = 0 -> every token at the origin: all pairs at distance 0 -> loss = threshold
+    t = torch.rand(2, 5, 1)
+    assert disentangle_loss(t, torch.ones(2, 5, 1), 0.2, 1 / 64).item() == pytest.approx(0.2)
+    # two tokens: l = 1/64 -> r = 1; t = 0 and t = 1/2 -> points (1, 0) and (0, 1): distance sqrt 2 > 0.2
+    t2, l2 = torch.tensor([[[0.0], [0.5]]]), torch.full((1, 2, 1), 1 / 64)
+    assert disentangle_loss(t2, l2, 0.2, 1 / 64).item() == pytest.approx(0.0)
+    # r = 1 at t = 0 and r = 0.9 (l = 64^-0.9) at t = 0: distance 0.1 -> relu(0.2 - 0.1) = 0.1
+    l3 = torch.tensor([[[1 / 64], [64 ** -0.9]]])
+    assert disentangle_loss(torch.zeros(1, 2, 1), l3, 0.2, 1 / 64).item() == pytest.approx(0.1, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- shape decoder
+def spread_codebook(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.codebook.weight.copy_(torch.randn(model.codebook.weight.shape, generator=g))
+
+
+def test_decode_once_is_exact_in_value_and_gradient():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(num_code=12, dropout=0.0, mask_ratio=0.0, dim_code=4)
+    a = VQShape(cfg, 2, 3)
+    spread_codebook(a)
+    with torch.no_grad():  # z heads produce spread z_e so several codes are in use
+        a.attr.z_head[-1].weight.mul_(50)
+    b = copy.deepcopy(a)
+    b.shape_decoder.dedup = False
+    x, y = torch.randn(16, 2, 512), torch.randint(0, 3, (16,))
+    outs, grads = [], []
+    for m in (a, b):
+        out = m(x)
+        sum(m.losses(out, y).values()).backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    used = outs[0]["code_idx"].unique().numel()
+    assert 2 <= used < outs[0]["code_idx"].numel() // 6, used   # the decode-once path really ran
+    assert torch.allclose(outs[0]["s_hat"], outs[1]["s_hat"], atol=1e-5)
+    for n in grads[1]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+
+
+def test_shape_decoder_output_is_normalised_and_jacobian_matches_autograd():
+    dec = ShapeDecoder(4, 32)
+    c = torch.randn(3, 4)
+    s = dec.decode(c)
+    assert torch.allclose(s.mean(-1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(s.std(-1), torch.ones(3), atol=1e-4)
+    J = dec.jacobian(c)
+    ref = torch.autograd.functional.jacobian(lambda v: dec.decode(v[None])[0], c[1])
+    assert torch.allclose(J[1], ref, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- model
+def test_forward_shapes():
+    B, C = 3, 2
+    m = VQShape(tiny_cfg(), C, 4)
+    out = m(torch.randn(B, C, 512))
+    N, dc = 8, 8
+    expect = {"z_e": (B * C, N, dc), "z_q": (B * C, N, dc), "t": (B * C, N, 1), "l": (B * C, N, 1),
+              "mu": (B * C, N, 1), "sigma": (B * C, N, 1), "code_idx": (B * C, N), "code_dist": (B * C, N, 16),
+              "h": (B * C, N, 32), "shape_tokens": (B, C * N, 32), "logits": (B, 4), "s_hat": (B * C, N, 32),
+              "x_hat": (B * C, 512), "features": (B, 32, C * N)}
+    for k, shape in expect.items():
+        assert tuple(out[k].shape) == shape, k
+    assert ((out["t"] >= 0) & (out["t"] <= 1 - 1 / 64)).all()
+    assert ((out["l"] >= 1 / 64) & (out["t"] + out["l"] <= 1 + 1e-6)).all()
+    assert (out["sigma"] > 0).all()
+
+
+def test_mask_ratio_drops_patches_only_in_training():
+    m = VQShape(tiny_cfg(), 1, 2)
+    seen = []
+    m.encoder.encoder.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[1]))
+    m.train()(torch.randn(2, 1, 512))
+    m.eval()(torch.randn(2, 1, 512))
+    assert seen == [64 - 16, 64]
+
+
+def test_gradients_reach_encoder_through_z_q():
+    """The shape loss alone reaches the z head and the patch encoder only via straight-through z_q."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(dropout=0.0), 1, 2)
+    out = m(torch.randn(4, 1, 512))
+    m.losses(out, torch.zeros(4, dtype=torch.long))["s"].backward()
+    assert m.attr.z_head[0].weight.grad.abs().sum() > 0
+    assert m.encoder.proj.weight.grad.abs().sum() > 0
+    assert m.codebook.weight.grad is None or m.codebook.weight.grad.abs().sum() == 0   # no decoder grad to codes
+    assert m.patch_decoder[0].attn.qkv.weight.grad is None                              # x_hat not in L_s
+
+
+def test_bad_input_errors():
+    m = VQShape(tiny_cfg(), 2, 3)
+    with pytest.raises(ValueError, match=r"expected \[\*, 2, 512\]"):
+        m(torch.randn(2, 3, 512))
+    x = torch.randn(2, 2, 512)
+    x[1, 0, 7] = float("nan")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        m(x)
+    with pytest.raises(ValueError, match="divisible"):
+        VQShape(tiny_cfg(dim=30), 2, 3)
+
+
+# ----------------------------------------------------------------------------- text-guided teacher
+def test_mmvqshape_keys_targets_and_losses():
+    torch.manual_seed(0)
+    text = text_tensors()
+    m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text)
+    x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
+    out = m(x, y, keys="class")
+    assert out["p_tok"].shape == (8, 8, 5)
+    assert torch.allclose(out["p_tok"].sum(-1), torch.ones(8, 8), atol=1e-5)
+    # class 1 owns vocabulary entries {2, 3}: its tokens' targets are zero elsewhere
+    rows = out["p_tok"][2:4]                                    # sample 1, both channels
+    assert rows[..., [0, 1, 4]].abs().max() == 0
+    vocab = m(x, keys="vocab")
+    assert vocab["attn"].shape == (8, 8, 5) and not vocab["class_mode"].any()
+    terms = m.losses(vocab, y)                                   # no class text: class-text terms are 0
+    assert terms["act"].item() == 0 and terms["label"].item() == 0 and terms["con"].item() == 0
+    assert set(m.losses(out, y)) == {"x", "vq", "s", "div", "ce", "act", "label", "con", "vq_action"}
+
+
+def test_mmvqshape_rejects_class_without_text():
+    text = text_tensors()
+    text["class_mask"][2] = False
+    with pytest.raises(ValueError, match=r"classes \[2\] have no sub-action text"):
+        MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text)
+
+
+def test_mix_draws_class_text_for_the_expected_fraction():
+    torch.manual_seed(0)
+    m = MMVQShape(tiny_cfg(), FusionConfig(vocab_prob=0.25), 1, 3, **text_tensors())
+    y = torch.randint(0, 3, (4000,))
+    _, mask, class_mode = m.keys_for(y, "mix", len(y))
+    assert class_mode.float().mean().item() == pytest.approx(0.75, abs=0.03)
+    assert torch.equal(mask[class_mode][:, :3], m.class_mask[y[class_mode]])
+
+
+def test_kl_and_supcon_analytic():
+    p = torch.tensor([[0.5, 0.5, 0.0]])
+    assert kl_rows(p, p.clamp(min=1e-30).log()).item() == pytest.approx(0.0, abs=1e-6)
+    q = torch.tensor([[0.25, 0.25, 0.5]])
+    assert kl_rows(p, q.log()).item() == pytest.approx(math.log(2), rel=1e-6)
+    # two samples of different classes, perfectly aligned modalities: loss = log(1 + e^{-2/tau})
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    val = supcon_loss(s, s, torch.tensor([0, 1]), torch.tensor([True, True]), temperature=0.5)
+    assert val.item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-5)
+
+
+def test_mmvqshape_gradient_reaches_text_projection_and_fusion():
+    torch.manual_seed(0)
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(), 2, 3, **text_tensors())
+    x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
+    sum(m.losses(m(x, y, keys="class"), y).values()).backward()
+    for name in ("text_proj.weight", "sig_attn.qkv.weight", "txt_attn.qkv.weight", "action_decoder.0.weight",
+                 "label_head.0.weight", "action_codebook.weight"):
+        assert dict(m.named_parameters())[name].grad.abs().sum() > 0, name
+    assert m.vocab_emb.grad is None                             # text embeddings are frozen buffers
+
+
+# ----------------------------------------------------------------------------- freezing and checkpoints
+def test_frozen_teacher_gets_no_gradient_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    text = text_tensors()
+    m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text).eval().requires_grad_(False)
+    x, y = torch.randn(3, 2, 512), torch.tensor([0, 1, 2])
+    student_param = torch.nn.Parameter(torch.ones(()))
+    out = m.teach(x * student_param, y)
+    (out["logits"].sum() + out["attr"]["z_e"].sum()).backward()
+    assert all(p.grad is None for p in m.parameters())
+    assert student_param.grad is not None
+    save_model(tmp_path / "t", m, {"role": "teacher"})
+    state, meta = read_checkpoint(tmp_path / "t")
+    m2 = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text_tensors(seed=1))
+    load_weights(m2, state, "t")
+    m2.eval()
+    a, b = m.teach(x, y), m2.teach(x, y)
+    for k in ("logits", "shape_tokens", "code_dist", "action_logits"):
+        assert torch.equal(a[k], b[k]), k
+    assert meta["role"] == "teacher"
