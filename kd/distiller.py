@@ -1,0 +1,178 @@
+"""Tasks the engine trains: a teacher on its own losses, and a student distilled from a teacher.
+
+Student total (../shared/DESIGN.md §6):
+    (1 - alpha) * L_ce + alpha * sum_i c_i * L_kd,i + lambda_align * L_align + sum_other lambda * L
+where L_kd,i sums the KD losses bound to knowledge source i (`kd.<loss>.source`), c_i are the
+fixed source weights or the mGLW dynamic coefficients, and "other" terms are unbound KD losses
+and the student's own auxiliary losses (the VQShape student's x, s, vq).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from kd.losses import LOSSES, build_loss, check_outputs
+from kd.workspace import Workspace, dynamic_coefficients
+
+KD_LOSSES = tuple(LOSSES)            # every KD loss the config can switch on
+TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
+
+
+class TeacherTask(nn.Module):
+    """Wraps a model that trains on its own losses (a teacher, or a no-teacher baseline)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Dict, teacher_out: Optional[Dict] = None) -> Tuple[Dict, Dict]:
+        return self.model.losses(self.model.fit_forward(batch), batch["y"]), {}
+
+    def predict(self, batch: Dict) -> torch.Tensor:
+        return self.model.predict(batch["x"])
+
+
+class FrozenTokenSpace(nn.Module):
+    """The teacher's frozen shape codebook and action decoder, for students without their own
+    (CNN students reach them through a token adapter)."""
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.codebook = copy.deepcopy(teacher.codebook).requires_grad_(False)
+        act = getattr(teacher, "action_decoder", None)
+        self.action_decoder = copy.deepcopy(act).requires_grad_(False) if act is not None else None
+
+    def forward(self, attr: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        z_e = attr["z_e"]                                                    # (B, G, dc)
+        dist = self.codebook.distances(z_e.flatten(0, 1))                    # (B*G, K)
+        out = {"code_dist": dist.view(*z_e.shape[:2], -1)}
+        if self.action_decoder is not None:
+            e = self.codebook.weight[dist.argmin(-1)].view_as(z_e)
+            out["action_logits"] = self.action_decoder(z_e + (e - z_e).detach())  # straight-through
+        return out
+
+    def train(self, mode: bool = True):
+        return super().train(False)                                          # frozen: always eval
+
+
+def enabled_losses(kd_cfg) -> Dict:
+    return {name: kd_cfg[name] for name in KD_LOSSES if kd_cfg[name].weight > 0}
+
+
+class Distiller(nn.Module):
+    """Student + KD losses (+ token adapter, frozen token space, workspace). The teacher is
+    *not* a submodule: the engine passes its outputs in, so it never reaches the optimizer."""
+
+    def __init__(self, kd_cfg, student: nn.Module, teacher: Optional[nn.Module], probe: Dict):
+        super().__init__()
+        self.kd_cfg, self.student = kd_cfg, student
+        self.has_teacher = teacher is not None
+        s_out, t_out = probe["student"], probe.get("teacher")
+        self.loss_cfg = enabled_losses(kd_cfg) if self.has_teacher else {}
+        self.adapter = self.tokens = None
+        if self.has_teacher and any(n in self.loss_cfg for n in TOKEN_LOSSES) and "attr" not in s_out:
+            if "attr" not in t_out:
+                missing = [n for n in TOKEN_LOSSES if n in self.loss_cfg]
+                raise ValueError(f"kd losses {missing} need a VQShape teacher's attribute tokens; "
+                                 f"teacher.arch={probe['teacher_arch']} has none — set their weight to 0")
+            G, dc = t_out["attr"]["z_e"].shape[1:]
+            self.adapter = student.token_adapter(G, dc)
+            self.tokens = FrozenTokenSpace(teacher)
+        s_keys = set(s_out) | ({"attr", "code_dist"} if self.adapter is not None else set())
+        if self.tokens is not None and self.tokens.action_decoder is not None:
+            s_keys.add("action_logits")
+        self.losses = nn.ModuleDict()
+        if self.has_teacher:
+            check_outputs(list(self.loss_cfg), s_keys, set(t_out))
+            s_dims = {"feature_dim": s_out["features"].shape[1], "feature_len": s_out["features"].shape[2]}
+            t_dims = {"feature_dim": t_out["features"].shape[1], "feature_len": t_out["features"].shape[2]} \
+                if "features" in t_out else {}
+            self.losses.update({n: build_loss(n, c, s_dims, t_dims) for n, c in self.loss_cfg.items()})
+        self.source_names = [s.name for s in kd_cfg.sources]
+        self.check_sources()
+        self.workspace = self.build_workspace(s_out, t_out) if kd_cfg.workspace.enabled and self.has_teacher else None
+        if kd_cfg.coef == "dynamic" and self.workspace is None and self.has_teacher:
+            raise ValueError("kd.coef=dynamic needs the workspace (set kd.workspace.enabled=true) "
+                             "or use kd.coef=fixed")
+
+    def check_sources(self) -> None:
+        for name, c in self.loss_cfg.items():
+            if c.source is not None and c.source not in self.source_names:
+                raise ValueError(f"kd.{name}.source={c.source!r} is not one of kd.sources {self.source_names}")
+
+    def build_workspace(self, s_out: Dict, t_out: Dict) -> Workspace:
+        specs = []
+        for src in self.kd_cfg.sources:
+            if src.tokens not in t_out or t_out[src.tokens].dim() != 3:
+                have = sorted(k for k, v in t_out.items() if torch.is_tensor(v) and v.dim() == 3 and k.endswith("tokens"))
+                raise ValueError(f"kd source {src.name!r} reads teacher output {src.tokens!r}, which this teacher "
+                                 f"does not produce; token outputs it has: {have}")
+            specs.append((src.name, t_out[src.tokens].shape[1], t_out[src.tokens].shape[2]))
+        D, L = s_out["features"].shape[1:]
+        return Workspace(self.kd_cfg.workspace, specs, width=D, length=L)
+
+    # -- forward ---------------------------------------------------------------------------
+    def student_forward(self, x: torch.Tensor, sources: Optional[Dict]) -> Tuple[Dict, Dict]:
+        info: Dict = {}
+
+        def mix(feats):
+            nonlocal info
+            feats, info = self.workspace(feats, sources)
+            return feats
+
+        s_out = self.student(x, mix=mix if self.workspace is not None else None)
+        if self.adapter is not None:
+            s_out["attr"] = self.adapter(s_out["features"])
+            s_out.update(self.tokens(s_out["attr"]))
+        return s_out, info
+
+    def sources_for_step(self, t_out: Optional[Dict]) -> Optional[Dict]:
+        """Teacher tokens for the workspace, or None on prior-only steps (and always at eval)."""
+        if self.workspace is None or t_out is None or not self.training:
+            return None
+        if torch.rand(()) < self.kd_cfg.workspace.prior_prob:
+            return None
+        return {s.name: t_out[s.tokens] for s in self.kd_cfg.sources}
+
+    def coefficients(self, info: Dict) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[torch.Tensor]]:
+        """-> ({source: c_i}, logs, L_align or None)."""
+        logs, align = {}, None
+        if self.workspace is not None and info.get("kis"):
+            align, d = self.workspace.alignment(info)
+            for n, v in zip(self.workspace.names, d):
+                logs[f"dist_{n}"] = float(v.detach())
+            if self.kd_cfg.coef == "dynamic":
+                c = dynamic_coefficients(d)
+                self.workspace.track_coefficients_(c)
+        if self.kd_cfg.coef == "dynamic":
+            c = c if align is not None else self.workspace.coef_ema
+            coef = {n: c[i] for i, n in enumerate(self.source_names)}
+        else:
+            coef = {s.name: torch.tensor(float(s.fixed_weight)) for s in self.kd_cfg.sources}
+        logs.update({f"coef_{n}": float(v) for n, v in coef.items()})
+        return coef, logs, align
+
+    def forward(self, batch: Dict, t_out: Optional[Dict] = None) -> Tuple[Dict, Dict]:
+        x, y = batch["x"], batch["y"]
+        s_out, info = self.student_forward(x, self.sources_for_step(t_out))
+        own = self.student.losses(s_out, y)                                  # ce (+ x, s, vq for VQShape)
+        if not self.has_teacher:
+            return own, {}
+        alpha = self.kd_cfg.alpha
+        terms = {"ce": (1 - alpha) * own.pop("ce"), **own}
+        coef, logs, align = self.coefficients(info)
+        for name, loss in self.losses.items():
+            value = loss(s_out, t_out)[name]
+            src = self.loss_cfg[name].source
+            terms[name] = alpha * coef[src].to(value) * value if src is not None else value
+        if align is not None:
+            terms["align"] = self.kd_cfg.workspace.lambda_align * align
+        return terms, logs
+
+    # -- inference -------------------------------------------------------------------------
+    def predict(self, batch: Dict) -> torch.Tensor:
+        """Signal only: no teacher, no text; workspace slots are the learned prior."""
+        return self.student_forward(batch["x"], None)[0]["logits"]

@@ -1,0 +1,254 @@
+"""The training engine every stage uses (teacher, student, baseline).
+
+Accelerate's fixed order: Accelerator -> seed -> model -> optimizer -> `prepare` -> loop with
+`accelerator.backward` -> evaluation with `gather_for_metrics`. A task is an nn.Module whose
+`forward(batch, teacher_out)` returns (named already-weighted loss terms, extra scalars to log);
+the loop sums the terms and logs every key under the same tags in every run:
+`train/loss_<term>`, `train/loss_total`, `train/lr`, `train/<extra>` and `val/<metric>`.
+
+Resume: after every epoch the full state (model, optimizer, scheduler, RNG) is saved to
+`<run_dir>/state/<stage>` atomically; randomness inside an epoch is seeded by (seed, epoch)
+and the data order by an epoch-seeded sampler, so a resumed run replays the same epochs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from kd.checkpoint import assert_finite_state
+from kd.metrics import classification_report
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A non-finite loss or gradient; the message names the stage, step and every loss term."""
+
+
+# ----------------------------------------------------------------------------- data loading
+class EpochSampler(Sampler[int]):
+    """Shuffled order that depends only on (seed, epoch): resumed runs see the same batches."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_loader(ds: Dataset, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
+    if len(ds) < batch_size:
+        raise ValueError(f"the training split has {len(ds)} windows, fewer than data.batch_size={batch_size}; "
+                         f"lower data.batch_size or add training subjects")
+    return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed), drop_last=True,
+                      num_workers=num_workers)
+
+
+def eval_loader(ds: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+# ----------------------------------------------------------------------------- schedule
+def warmup_cosine(optimizer, warmup: int, total: int, min_ratio: float):
+    """Linear warmup to the base lr, then cosine decay to min_ratio * lr at `total` steps."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(accel: Accelerator, predict: Callable[[Dict], torch.Tensor], loader: DataLoader,
+             class_names: List[str]) -> Dict:
+    """Accuracy, macro-F1 and confusion over the whole split; every window counted once
+    (gather_for_metrics drops the samples Accelerate pads the last batch with)."""
+    preds, labels = [], []
+    for batch in loader:
+        logits = predict(batch)
+        p, y = accel.gather_for_metrics((logits.argmax(-1), batch["y"]))
+        preds.append(p.cpu())
+        labels.append(y.cpu())
+    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    y_true = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
+    return classification_report(y_true, y_pred, class_names)
+
+
+# ----------------------------------------------------------------------------- state
+def save_state(accel: Accelerator, state_dir: Path, progress: Dict, model: nn.Module) -> None:
+    """Accelerate state + progress.json, swapped into place atomically by the main process."""
+    state_dir = Path(state_dir)
+    assert_finite_state(accel.unwrap_model(model).state_dict(), f"training state {state_dir}")
+    tmp, old = state_dir.with_name(state_dir.name + ".tmp"), state_dir.with_name(state_dir.name + ".old")
+    if accel.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accel.wait_for_everyone()
+    accel.save_state(str(tmp))
+    accel.wait_for_everyone()
+    if accel.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps(progress))
+        if state_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            state_dir.rename(old)
+        tmp.rename(state_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    accel.wait_for_everyone()
+
+
+def load_progress(state_dir: Path) -> Optional[Dict]:
+    f = Path(state_dir) / "progress.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class StageSpec:
+    """What one training stage needs besides the task (whose `predict(batch)` gives logits)."""
+    name: str                                   # teacher | student | baseline (TensorBoard sub-directory)
+    epochs: int
+    lr: float
+    teacher: Optional[nn.Module] = None          # frozen; its `teach` outputs are passed to the task
+
+
+def teacher_outputs(teacher: Optional[nn.Module], batch: Dict) -> Optional[Dict]:
+    if teacher is None:
+        return None
+    with torch.no_grad():
+        return teacher.teach(batch["x"], batch["y"])
+
+
+def check_step(accel: Accelerator, loss: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> bool:
+    """True when the loss (and gradient norm) are finite on every process."""
+    ok = torch.isfinite(loss.detach()).all()
+    if grad_norm is not None:
+        ok = ok & torch.isfinite(torch.as_tensor(grad_norm))
+    flag = ok.float().reshape(1).to(accel.device)
+    if accel.num_processes > 1:
+        flag = accel.reduce(flag, reduction="sum") / accel.num_processes
+    return bool(flag.item() == 1.0)
+
+
+def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dataset, val_ds: Optional[Dataset],
+        class_names: List[str], run_dir: Path) -> Dict:
+    """Train `task` for one stage; returns a summary (steps, wall time, last validation metrics)."""
+    tc = cfg.train
+    loader = train_loader(train_ds, cfg.data.batch_size, cfg.seed, cfg.data.num_workers)
+    sampler: EpochSampler = loader.sampler
+    steps_per_epoch = math.ceil(len(loader) / accel.num_processes)
+    total = spec.epochs * steps_per_epoch
+    if tc.max_steps is not None:
+        total = min(total, tc.max_steps)
+    params = [p for p in task.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=tc.weight_decay)
+    scheduler = warmup_cosine(optimizer, min(tc.warmup_steps, max(1, total // 10)), total, tc.min_lr_ratio)
+    # The scheduler stays outside `prepare` (which would step it once per process) and is
+    # registered so save_state/load_state still carry it.
+    task, optimizer, loader = accel.prepare(task, optimizer, loader)
+    accel.register_for_checkpointing(scheduler)
+    val_loader = accel.prepare(eval_loader(val_ds, cfg.data.eval_batch_size)) if val_ds is not None and len(val_ds) else None
+
+    state_dir = run_dir / "state" / spec.name
+    start_epoch, step = 0, 0
+    progress = load_progress(state_dir) if cfg.resume else None
+    if progress is not None:
+        accel.load_state(str(state_dir))
+        start_epoch, step = progress["epoch"] + 1, progress["step"]
+        accel.print(f"[{spec.name}] resumed after epoch {progress['epoch']} (step {step})")
+    writer = SummaryWriter(str(run_dir / "tb" / spec.name)) if accel.is_main_process else None
+    t0, skipped, val, meter = time.time(), 0, {}, Meter()
+    bar = tqdm(total=total, initial=step, desc=spec.name, disable=not accel.is_local_main_process, dynamic_ncols=True)
+    for epoch in range(start_epoch, spec.epochs):
+        if step >= total:
+            break
+        sampler.set_epoch(epoch)
+        set_seed(cfg.seed * 1000 + epoch, device_specific=True)
+        task.train()
+        for batch in loader:
+            if step >= total:
+                break
+            t_out = teacher_outputs(spec.teacher, batch)
+            with accel.autocast():
+                terms, extras = task(batch, t_out)
+            loss = sum(terms.values())
+            accel.backward(loss)
+            grad_norm = accel.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip > 0 else None
+            if not check_step(accel, loss, grad_norm):
+                described = {k: float(v.detach()) for k, v in terms.items()}
+                if tc.nonfinite == "stop":
+                    raise NonFiniteLoss(f"[{spec.name}] non-finite loss or gradient at step {step} "
+                                        f"(epoch {epoch}); terms: {described}, grad norm: {grad_norm}. "
+                                        f"Lower the lr, check the data, or set train.nonfinite=skip")
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                accel.print(f"[{spec.name}] skipped step {step}: non-finite; terms {described}")
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            meter.add({f"loss_{k}": v for k, v in terms.items()}, extras, loss)
+            if writer is not None and (step % tc.log_every == 0 or step == total):
+                meter.write(writer, step, scheduler.get_last_lr()[0], skipped)
+        val = validate(accel, spec, task, val_loader, class_names, writer, step)
+        save_state(accel, state_dir, {"epoch": epoch, "step": step}, task)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return {"steps": step, "skipped_steps": skipped, "wall_s": time.time() - t0, "val": val}
+
+
+class Meter:
+    """Means of every logged scalar since the last write; a key present on only some steps
+    (e.g. the workspace alignment, absent on prior-only steps) is averaged over those steps."""
+
+    def __init__(self):
+        self.sums: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def add(self, terms: Dict, extras: Dict, loss) -> None:
+        values = {**{k: float(v.detach()) for k, v in terms.items()}, **{k: float(v) for k, v in extras.items()},
+                  "loss_total": float(loss.detach())}
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def write(self, writer: SummaryWriter, step: int, lr: float, skipped: int) -> None:
+        for k, v in self.sums.items():
+            writer.add_scalar(f"train/{k}", v / self.counts[k], step)
+        writer.add_scalar("train/lr", lr, step)
+        writer.add_scalar("train/skipped_steps", skipped, step)
+        self.sums, self.counts = {}, {}
+
+
+def validate(accel, spec: StageSpec, task, val_loader, class_names, writer, step) -> Dict:
+    if val_loader is None:
+        return {}
+    model = accel.unwrap_model(task)
+    model.eval()
+    report = evaluate(accel, model.predict, val_loader, class_names)
+    if writer is not None:
+        writer.add_scalar("val/accuracy", report["accuracy"], step)
+        writer.add_scalar("val/macro_f1", report["macro_f1"], step)
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}

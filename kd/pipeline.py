@@ -1,0 +1,306 @@
+"""The whole run `distill.py` performs: train (or load) the teacher, freeze it, distill the
+student, train the no-teacher baseline, evaluate all on held-out subjects, write results.json.
+
+Only the main process writes files; every process builds the same data and models.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+
+from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
+from kd.config import config_from_dict, to_yaml
+from kd.data import build_splits
+from kd.distiller import Distiller, TeacherTask
+from kd.engine import StageSpec, eval_loader, evaluate, fit
+from students import build_student
+from teachers import build_teacher
+from teachers.layers import param_count
+
+IGNORED_FOR_RERUN = ("stage", "resume", "overwrite")
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds another config's outputs."""
+
+
+def make_accelerator(cfg) -> Accelerator:
+    # Prior-only workspace steps and class-text-only terms leave some parameters without
+    # gradient on some steps; DDP must be told.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp])
+
+
+# ----------------------------------------------------------------------------- run directory
+def comparable(cfg) -> Dict:
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in IGNORED_FOR_RERUN:
+        d.pop(k, None)
+    return d
+
+
+def prepare_run_dir(cfg, accel: Accelerator) -> Path:
+    """Refuse to mix two configs' outputs in one run_dir (unless overwrite=true)."""
+    run_dir = Path(cfg.run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and not cfg.overwrite:
+        old = comparable(OmegaConf.load(saved))
+        new = comparable(cfg)
+        if old != new:
+            diff = sorted(diff_keys(old, new))
+            raise RunDirError(f"run_dir {str(run_dir)!r} holds outputs of another config (differs at "
+                              f"{diff[:8]}); choose another run_dir or pass overwrite=true")
+    if accel.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(to_yaml(cfg))
+    accel.wait_for_everyone()
+    return run_dir
+
+
+def diff_keys(a, b, prefix: str = ""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+# ----------------------------------------------------------------------------- text
+def text_tensors(cfg, splits) -> Tuple[Optional[Dict], Optional[object]]:
+    """The MMVQShape text tensors, built (and cached) only when the teacher uses text."""
+    if cfg.teacher.arch != "vqshape" or not cfg.teacher.text_guidance:
+        return None, None
+    from kd.text import build_text_bank
+    bank = build_text_bank(cfg.text, splits.class_names, cfg.data.name)
+    tensors = {"vocab_emb": bank.vocab_emb, "class_index": bank.class_index,
+               "class_mask": bank.class_mask, "label_emb": bank.label_emb}
+    return tensors, bank
+
+
+# ----------------------------------------------------------------------------- teacher
+def teacher_dir(cfg) -> Path:
+    return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else Path(cfg.run_dir) / "teacher"
+
+
+def load_teacher(path: Path, splits) -> Tuple[nn.Module, Dict]:
+    """Rebuild a teacher from its own saved config and check it fits the data."""
+    state, meta = read_checkpoint(path)
+    if meta.get("role") != "teacher":
+        raise CheckpointError(f"{path} is a {meta.get('role')!r} checkpoint, not a teacher")
+    diffs = []
+    if meta["num_channels"] != splits.num_channels:
+        diffs.append(f"channels: checkpoint {meta['num_channels']} vs data {splits.num_channels}")
+    if meta["class_names"] != list(splits.class_names):
+        diffs.append(f"classes: checkpoint {meta['class_names']} vs data {list(splits.class_names)}")
+    if meta["length"] != splits.length:
+        diffs.append(f"window length: checkpoint {meta['length']} vs data {splits.length}")
+    if diffs:
+        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit this run: " + "; ".join(diffs))
+    tcfg = config_from_dict(meta["config"]).teacher
+    text = {k: state[k] for k in ("vocab_emb", "class_index", "class_mask", "label_emb")} \
+        if tcfg.arch == "vqshape" and tcfg.text_guidance else None
+    if text is not None:  # padding was stored as 0 with mask False; the builder expects -1 there
+        text["class_index"] = text["class_index"].masked_fill(~text["class_mask"], -1)
+    teacher = build_teacher(tcfg, meta["num_channels"], len(meta["class_names"]), text)
+    load_weights(teacher, state, str(path))
+    return freeze(teacher), meta
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def teacher_meta(cfg, splits, bank) -> Dict:
+    meta = {"role": "teacher", "arch": cfg.teacher.arch, "config": OmegaConf.to_container(cfg, resolve=True),
+            "class_names": list(splits.class_names), "num_channels": splits.num_channels,
+            "length": splits.length, "dataset": cfg.data.name}
+    if bank is not None:
+        meta.update(text_model=bank.model, vocab_texts=list(bank.vocab_texts))
+    return meta
+
+
+def frozen_tensors(teacher: nn.Module) -> Dict[str, torch.Tensor]:
+    """The parts frozen after teacher training (shape & action codebooks and decoders)."""
+    names = ("codebook", "shape_decoder", "action_codebook", "action_decoder")
+    return {f"{n}.{k}": v for n in names if getattr(teacher, n, None) is not None
+            for k, v in getattr(teacher, n).state_dict().items()}
+
+
+def train_teacher(cfg, splits, text, bank, run_dir: Path) -> Tuple[nn.Module, Dict]:
+    accel = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), text)
+    if hasattr(teacher, "set_class_weights"):
+        teacher.set_class_weights(torch.as_tensor(np.bincount(splits.train.labels, minlength=len(splits.class_names))))
+    task = TeacherTask(teacher)
+    spec = StageSpec("teacher", cfg.train.teacher_epochs, cfg.train.teacher_lr)
+    summary = fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir)
+    teacher = freeze(accel.unwrap_model(task).model)
+    if accel.is_main_process:
+        save_model(teacher_dir(cfg), teacher, teacher_meta(cfg, splits, bank),
+                   extra={"frozen": frozen_tensors(teacher)} if frozen_tensors(teacher) else None)
+    accel.wait_for_everyone()
+    return teacher, summary
+
+
+# ----------------------------------------------------------------------------- student
+def probe_outputs(student: nn.Module, teacher: Optional[nn.Module], batch: Dict) -> Dict:
+    """One tiny forward of each side, to size the KD modules and check the pairing early."""
+    was = student.training
+    student.eval()
+    with torch.no_grad():
+        probe = {"student": student(batch["x"])}
+        if teacher is not None:
+            probe["teacher"] = teacher.teach(batch["x"], batch["y"])
+    student.train(was)
+    return probe
+
+
+def sample_batch(ds, n: int = 2) -> Dict:
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]) for k in ("x", "y")}
+
+
+def build_distiller(cfg, splits, teacher: Optional[nn.Module], student_freeze: bool) -> Distiller:
+    num_actions = teacher.M if teacher is not None and hasattr(teacher, "M") else 0
+    student = build_student(cfg.student.arch, cfg.student.cnn, cfg.student.vqshape, splits.num_channels,
+                            len(splits.class_names), num_actions, freeze_shared=student_freeze)
+    if teacher is not None and hasattr(student, "adopt"):
+        student.adopt(teacher)
+    probe = probe_outputs(student, teacher, sample_batch(splits.train))
+    probe["teacher_arch"] = cfg.teacher.arch
+    return Distiller(cfg.kd, student, teacher, probe)
+
+
+def student_meta(cfg, splits, distiller: Distiller, teacher_meta_: Optional[Dict], role: str) -> Dict:
+    ws = distiller.workspace
+    return {"role": role, "arch": cfg.student.arch, "config": OmegaConf.to_container(cfg, resolve=True),
+            "class_names": list(splits.class_names), "num_channels": splits.num_channels,
+            "length": splits.length, "num_actions": getattr(distiller.student, "action_decoder", None) is not None
+            and distiller.student.action_decoder[-1].out_features or 0,
+            "workspace_sources": [[n, p.tokens.in_features, p.width.in_features] for n, p in ws.project.items()]
+            if ws is not None else None,
+            "teacher": (teacher_meta_ or {}).get("arch")}
+
+
+def train_student(cfg, splits, teacher, t_meta, run_dir: Path, role: str) -> Tuple[Distiller, Dict]:
+    """role: "student" (distilled from `teacher`) or "baseline" (no teacher)."""
+    accel = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    distiller = build_distiller(cfg, splits, teacher, student_freeze=teacher is not None)
+    if teacher is not None:
+        teacher.to(accel.device)
+    spec = StageSpec(role, cfg.train.epochs, cfg.train.lr, teacher=teacher)
+    summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
+    distiller = accel.unwrap_model(distiller)
+    if accel.is_main_process:
+        export = nn.ModuleDict({"student": distiller.student})
+        if distiller.workspace is not None:
+            export["workspace"] = distiller.workspace
+        save_model(run_dir / role, export, student_meta(cfg, splits, distiller, t_meta, role))
+    accel.wait_for_everyone()
+    return distiller, summary
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_report(cfg, splits, predict, model: nn.Module, extra: Optional[Dict] = None) -> Dict:
+    accel = make_accelerator(cfg)
+    model.to(accel.device).eval()
+    loader = accel.prepare(eval_loader(splits.test, cfg.data.eval_batch_size))
+    report = evaluate(accel, predict, loader, splits.class_names)
+    report["params"] = param_count(model)
+    report.update(extra or {})
+    return report
+
+
+def write_results(run_dir: Path, results: Dict, accel_main: bool) -> None:
+    if not accel_main:
+        return
+    path = run_dir / "results.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(results)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(merged, indent=2))
+    tmp.replace(path)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(cfg) -> Dict:
+    t0 = time.time()
+    accel = make_accelerator(cfg)
+    run_dir = prepare_run_dir(cfg, accel)
+    set_seed(cfg.seed)
+    splits = build_splits(cfg.data)
+    if cfg.teacher.arch == "vqshape" and splits.length != cfg.teacher.vqshape.len_input:
+        raise ValueError(f"data.length={splits.length} must equal teacher.vqshape.len_input={cfg.teacher.vqshape.len_input}")
+    results: Dict = {"data": splits.info()}
+    teacher, t_meta = None, None
+    if cfg.teacher.arch != "none":
+        teacher, t_meta, t_results = obtain_teacher(cfg, splits, run_dir, accel)
+        results["teacher"] = t_results
+    if cfg.stage in ("student", "all"):
+        results.update(run_students(cfg, splits, teacher, t_meta, run_dir))
+    results["wall_s"] = time.time() - t0
+    results["peak_rss_mb"] = peak_rss_mb()
+    results["num_processes"] = accel.num_processes
+    write_results(run_dir, results, accel.is_main_process)
+    return results
+
+
+def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
+    path = teacher_dir(cfg)
+    if (path / "model.safetensors").is_file():
+        accel.print(f"[teacher] loading {path}")
+        teacher, meta = load_teacher(path, splits)
+        return teacher, meta, evaluate_teacher(cfg, splits, teacher, {"loaded_from": str(path)})
+    if cfg.stage == "student":
+        raise CheckpointError(f"stage=student needs a teacher checkpoint at {str(path)!r}; train it first "
+                              f"(stage=teacher or stage=all) or set teacher.checkpoint")
+    text, bank = text_tensors(cfg, splits)
+    t0 = time.time()
+    teacher, summary = train_teacher(cfg, splits, text, bank, run_dir)
+    meta = teacher_meta(cfg, splits, bank)
+    report = evaluate_teacher(cfg, splits, teacher, {"train": summary, "train_wall_s": time.time() - t0})
+    if accel.is_main_process and hasattr(teacher, "codebook"):
+        from teachers.interpret import write_teacher_artifacts
+        report["interpretability"] = write_teacher_artifacts(teacher, splits, teacher_dir(cfg), bank)
+    return teacher, meta, report
+
+
+def evaluate_teacher(cfg, splits, teacher, extra: Dict) -> Dict:
+    report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
+    if hasattr(teacher, "M"):  # text-guided: the class-text number is a diagnostic, named as such
+        oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
+                             teacher)
+        report["oracle_class_text_accuracy"] = oracle["accuracy"]
+        report["oracle_class_text_macro_f1"] = oracle["macro_f1"]
+    return report
+
+
+def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
+    out = {}
+    roles = (["student"] if teacher is not None else []) + (["baseline"] if cfg.train.baseline or teacher is None else [])
+    for role in roles:
+        t0 = time.time()
+        distiller, summary = train_student(cfg, splits, teacher if role == "student" else None, t_meta, run_dir, role)
+        model = nn.ModuleDict({"student": distiller.student})
+        if distiller.workspace is not None:
+            model["workspace"] = distiller.workspace
+        out[role] = test_report(cfg, splits, distiller.predict, model,
+                                {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0})
+    return out

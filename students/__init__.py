@@ -1,0 +1,37 @@
+"""Time-series-only students. `STUDENTS` maps an arch name to a builder; a student never reads text."""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch.nn as nn
+
+from students.resnet import resnet_small
+from students.vqshape_student import VQShapeStudent
+from students.wrn import wrn16_1, wrn16_3
+
+
+def _vqshape_student(cnn, vqshape, num_channels: int, num_classes: int, num_actions: int, freeze_shared: bool):
+    return VQShapeStudent(vqshape, num_channels, num_classes, num_actions, freeze_shared=freeze_shared)
+
+
+def _cnn(factory: Callable) -> Callable:
+    def build(cnn, vqshape, num_channels: int, num_classes: int, num_actions: int, freeze_shared: bool):
+        return factory(num_channels, num_classes, cnn)
+    return build
+
+
+STUDENTS: Dict[str, Callable] = {
+    "wrn16_1": _cnn(wrn16_1),
+    "wrn16_3": _cnn(wrn16_3),
+    "resnet": _cnn(resnet_small),
+    "vqshape_student": _vqshape_student,
+}
+
+
+def build_student(arch: str, cnn, vqshape, num_channels: int, num_classes: int, num_actions: int = 0,
+                  freeze_shared: bool = True) -> nn.Module:
+    """cnn / vqshape: the CNNConfig / VQShapeConfig nodes; num_actions: the teacher's sub-action
+    vocabulary size M (the VQShape student's frozen action decoder), 0 for none."""
+    if arch not in STUDENTS:
+        raise ValueError(f"unknown student arch {arch!r}; known: {sorted(STUDENTS)}")
+    return STUDENTS[arch](cnn, vqshape, num_channels, num_classes, num_actions, freeze_shared)

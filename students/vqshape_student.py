@@ -1,0 +1,78 @@
+"""Signal-only VQShape student that reuses the teacher's frozen shape codebook, shape decoder
+and action decoder (../shared/DESIGN.md §5), so its tokens live in the teacher's shape space."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from teachers.layers import MLP
+from teachers.vqshape import VQShape, fold_tokens
+
+SHARED = ("dim_code", "num_code", "len_s", "num_token", "len_input")
+
+
+class VQShapeStudent(VQShape):
+    """A smaller VQShape; `adopt(teacher)` copies and freezes the shared parts."""
+
+    def __init__(self, cfg, num_channels: int, num_classes: int, num_actions: int = 0, action_hidden: int = 64,
+                 freeze_shared: bool = True):
+        super().__init__(cfg, num_channels, num_classes)
+        self.action_decoder = MLP(cfg.dim_code, num_actions, action_hidden) if num_actions else None
+        self.freeze_shared = freeze_shared      # False: a no-teacher baseline learns its own codebook
+        if freeze_shared:
+            for part in self.frozen_parts().values():
+                part.requires_grad_(False)
+
+    def frozen_parts(self) -> Dict[str, nn.Module]:
+        parts = {"codebook": self.codebook, "shape_decoder": self.shape_decoder}
+        if self.action_decoder is not None:
+            parts["action_decoder"] = self.action_decoder
+        return parts
+
+    def check_fits(self, teacher: nn.Module) -> None:
+        """Raise, naming every key that differs, unless this student can share the teacher's parts."""
+        if not isinstance(teacher, VQShape):
+            raise ValueError(f"vqshape_student needs a VQShape teacher (teacher.arch=vqshape), got {type(teacher).__name__}")
+        diffs = [f"student.vqshape.{k}={getattr(self.cfg, k)} vs teacher {getattr(teacher.cfg, k)}"
+                 for k in SHARED if getattr(self.cfg, k) != getattr(teacher.cfg, k)]
+        if self.num_channels != teacher.num_channels:
+            diffs.append(f"channels: data has {self.num_channels}, teacher was trained on {teacher.num_channels}")
+        t_act = getattr(teacher, "action_decoder", None)
+        if (self.action_decoder is None) != (t_act is None):
+            diffs.append("action decoder: the teacher " + ("has" if t_act is not None else "has no") +
+                         " text guidance but the student was built " + ("without" if t_act is not None else "with") + " one")
+        elif t_act is not None and t_act[-1].out_features != self.action_decoder[-1].out_features:
+            diffs.append(f"sub-action vocabulary: teacher M={t_act[-1].out_features}, "
+                         f"student M={self.action_decoder[-1].out_features}")
+        if diffs:
+            raise ValueError("vqshape_student does not fit the teacher checkpoint: " + "; ".join(diffs))
+
+    @torch.no_grad()
+    def adopt(self, teacher: nn.Module) -> None:
+        """Copy the teacher's frozen parts into this student (they stay frozen)."""
+        self.check_fits(teacher)
+        for name, part in self.frozen_parts().items():
+            part.load_state_dict(getattr(teacher, name).state_dict())
+            part.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, keys: str = "vocab",
+                reconstruct: bool = True, mix=None) -> Dict[str, torch.Tensor]:
+        out = super().forward(x, y, keys, reconstruct, mix)
+        B = x.shape[0]
+        out["attr"] = {k: fold_tokens(out[k], B) for k in ("z_e", "mu", "sigma", "t", "l")}
+        out["code_dist"] = fold_tokens(out["code_dist"], B)
+        if self.action_decoder is not None:
+            out["action_logits"] = fold_tokens(self.action_decoder(out["z_q"]), B)
+        return out
+
+    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        return self(batch["x"])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_shared:
+            for part in self.frozen_parts().values():   # frozen parts never leave eval mode
+                part.eval()
+        return self

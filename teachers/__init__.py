@@ -1,0 +1,36 @@
+"""Teachers. `TEACHERS` maps teacher.arch to a builder; any student arch can also teach."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional
+
+import torch.nn as nn
+
+from teachers.mmvqshape import MMVQShape
+from teachers.vqshape import VQShape
+
+
+def _vqshape(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
+    if not cfg.text_guidance:
+        return VQShape(cfg.vqshape, num_channels, num_classes)
+    if text is None:
+        raise ValueError("teacher.text_guidance=true needs the sub-action text bank")
+    return MMVQShape(cfg.vqshape, cfg.fusion, num_channels, num_classes, **text)
+
+
+def _student_as_teacher(arch: str) -> Callable:
+    def build(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
+        from students import build_student   # students import teachers' layers: import lazily
+        return build_student(arch, cfg.cnn, cfg.vqshape, num_channels, num_classes, freeze_shared=False)
+    return build
+
+
+TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape}
+TEACHERS.update({arch: _student_as_teacher(arch) for arch in ("wrn16_1", "wrn16_3", "resnet")})
+
+
+def build_teacher(cfg, num_channels: int, num_classes: int, text: Optional[Dict] = None) -> nn.Module:
+    """cfg: the TeacherConfig node; text: MMVQShape's text tensors (vocab_emb, class_index, class_mask, label_emb)."""
+    if cfg.arch not in TEACHERS:
+        raise ValueError(f"unknown teacher arch {cfg.arch!r}; known: {sorted(TEACHERS)} "
+                         f"(or 'none' for a no-teacher baseline)")
+    return TEACHERS[cfg.arch](cfg, num_channels, num_classes, text)
