@@ -5,8 +5,12 @@ import torch.nn.functional as F
 
 
 def code_kl_loss(s_dist: torch.Tensor, t_dist: torch.Tensor, tau: float) -> torch.Tensor:
-    """KL(softmin(t_dist/tau) || softmin(s_dist/tau)) over codes, mean over tokens; dist (B, G, K)."""
-    log_s = F.log_softmax(-s_dist.float() / tau, dim=-1)
+    """KL(softmin(t_dist/tau) || softmin(s_dist/tau)) over the K codes, mean over the B*G tokens.
+    dist (B, G, K): squared distances to the codebook. softmin(d) = softmax(-d); the teacher is detached."""
+    if s_dist.shape != t_dist.shape:
+        raise ValueError(f"code_kl: student code_dist {tuple(s_dist.shape)} and teacher code_dist "
+                         f"{tuple(t_dist.shape)} differ; both must be (B, G, K) over the same codebook")
+    log_s = F.log_softmax(-s_dist.float() / tau, dim=-1)           # (B, G, K), fp32 even under autocast
     log_t = F.log_softmax(-t_dist.detach().float() / tau, dim=-1)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
 
@@ -16,7 +20,9 @@ class CodeKL(nn.Module):
 
     def __init__(self, cfg, student_dims=None, teacher_dims=None):
         super().__init__()
-        self.weight, self.tau = cfg.weight, cfg.temperature
+        if cfg.temperature <= 0:
+            raise ValueError(f"kd.code_kl.temperature={cfg.temperature} (tau) must be > 0")
+        self.weight, self.tau = float(cfg.weight), float(cfg.temperature)
 
     def forward(self, s_out, t_out):
         return {"code_kl": self.weight * code_kl_loss(s_out["code_dist"], t_out["code_dist"], self.tau)}
