@@ -26,8 +26,11 @@ def parse(argv):
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides)
+    from accelerate import PartialState
     from kd.pipeline import run   # heavy imports after the config is known to be valid
     results = run(cfg)
+    if not PartialState().is_main_process:
+        return results
     summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
                for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
     print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1)}, indent=2))

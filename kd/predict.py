@@ -1,0 +1,94 @@
+"""Signal-only inference with an exported student: no teacher, no text.
+
+    python -m kd.predict --model runs/default/student --npz windows.npz [--layout NTC]
+
+Windows are resampled to the student's length; with `y` in the file, accuracy and macro-F1
+are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from kd.checkpoint import CheckpointError, load_weights, read_checkpoint
+from kd.config import config_from_dict
+from kd.data import resample
+from kd.metrics import classification_report
+from kd.workspace import Workspace
+from students import build_student
+
+
+class Predictor(nn.Module):
+    """An exported student (+ its workspace read-out with the learned slot prior)."""
+
+    def __init__(self, path: Union[str, Path]):
+        super().__init__()
+        state, meta = read_checkpoint(path)
+        if meta.get("role") not in ("student", "baseline"):
+            raise CheckpointError(f"{path} is a {meta.get('role')!r} checkpoint; give an exported student "
+                                  f"(<run_dir>/student or <run_dir>/baseline)")
+        cfg = config_from_dict(meta["config"])
+        self.meta, self.class_names = meta, list(meta["class_names"])
+        self.num_channels, self.length = meta["num_channels"], meta["length"]
+        self.model = nn.ModuleDict({"student": build_student(
+            meta["arch"], cfg.student.cnn, cfg.student.vqshape, self.num_channels, len(self.class_names),
+            meta["num_actions"], freeze_shared=meta["role"] == "student")})
+        if meta["workspace_sources"]:
+            D = state["workspace.slot_prior"].shape[-1]
+            name = meta["workspace_sources"][0][0]
+            L = state[f"workspace.project.{name}.tokens.weight"].shape[0]
+            self.model["workspace"] = Workspace(cfg.kd.workspace, [tuple(s) for s in meta["workspace_sources"]], D, L)
+        load_weights(self.model, state, str(path))
+        self.eval()
+
+    def prepare(self, x: Union[np.ndarray, torch.Tensor], layout: str = "NCT") -> torch.Tensor:
+        """Array [N, C, T] (or [N, T, C] with layout='NTC') -> float32 [N, C, length]."""
+        x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        if x.dim() != 3:
+            raise ValueError(f"windows must be a 3-D array [N, C, T] or [N, T, C], got shape {list(x.shape)}")
+        if layout == "NTC":
+            x = x.transpose(1, 2)
+        if x.shape[1] != self.num_channels:
+            raise ValueError(f"windows have {x.shape[1]} channels, the student expects {self.num_channels} "
+                             f"(check --layout)")
+        return resample(x, self.length)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        ws = self.model["workspace"] if "workspace" in self.model else None
+        mix = (lambda f: ws(f, None)[0]) if ws is not None else None
+        return torch.cat([self.model["student"](x[i:i + batch_size], mix=mix)["logits"]
+                          for i in range(0, len(x), batch_size)])
+
+    def predict(self, x, layout: str = "NCT") -> List[str]:
+        return [self.class_names[i] for i in self.logits(self.prepare(x, layout)).argmax(-1).tolist()]
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="exported student directory")
+    p.add_argument("--npz", required=True, help="file with X (and optionally y)")
+    p.add_argument("--layout", default="NTC", choices=["NTC", "NCT"])
+    args = p.parse_args(argv)
+    if not Path(args.npz).is_file():
+        raise FileNotFoundError(f"--npz {args.npz!r} does not exist")
+    data = np.load(args.npz, allow_pickle=False)
+    predictor = Predictor(args.model)
+    logits = predictor.logits(predictor.prepare(data["X"], args.layout))
+    pred = logits.argmax(-1).numpy()
+    out = {"predictions": [predictor.class_names[i] for i in pred]}
+    if "y" in data:
+        rep = classification_report(data["y"], pred, predictor.class_names)
+        out.update(accuracy=rep["accuracy"], macro_f1=rep["macro_f1"])
+    print(json.dumps({k: v for k, v in out.items() if k != "predictions"} | {"n": len(pred)}))
+    return out
+
+
+if __name__ == "__main__":
+    main()

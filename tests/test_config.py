@@ -1,0 +1,47 @@
+"""Config schema: every YAML under configs/ loads, typos and bad values name the key."""
+from pathlib import Path
+
+import pytest
+
+from kd.config import ConfigError, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_file_loads_against_the_schema(path):
+    cfg = load_config(path)
+    assert cfg.run_dir.startswith("runs/")
+
+
+def test_overrides_and_required_keys():
+    cfg = load_config(overrides=["train.epochs=3", "train.max_steps=7", "stage=teacher", "seed=5",
+                                 "data.name=synthetic", "teacher.text_guidance=false", "run_dir=/tmp/x"])
+    assert (cfg.train.epochs, cfg.train.max_steps, cfg.stage, cfg.seed) == (3, 7, "teacher", 5)
+    assert cfg.data.name == "synthetic" and cfg.teacher.text_guidance is False and cfg.run_dir == "/tmp/x"
+    assert load_config().train.max_steps is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "unknown config key 'train.epoch'"),
+    ("teacher.vqshape.dimm=3", "unknown config key 'teacher.vqshape.dimm'"),
+    ("kd.logit_kd.wieght=1", "unknown config key 'kd.logit_kd.wieght'"),
+    ("train.epochs=many", "bad value for config key 'train.epochs'"),
+    ("stage=both", "stage='both' is not one of"),
+    ("kd.coef=adaptive", "kd.coef='adaptive' is not one of"),
+    ("student.vqshape.dim=30", "student.vqshape.dim=30 must be divisible"),
+    ("kd.alpha=1.5", "kd.alpha=1.5 must lie in"),
+    ("train.epochs", "key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_typo_in_a_yaml_file_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: 2\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="train.lerning_rate"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")

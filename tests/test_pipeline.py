@@ -1,0 +1,80 @@
+"""End to end: a few optimizer steps of every pairing config on synthetic data, then the
+exported student predicting on its own."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import distill
+from tests.conftest import TINY
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+def run(config, tmp_path, text_cache, *extra):
+    run_dir = tmp_path / config.stem
+    distill.main(["--config", str(config), *TINY, f"run_dir={run_dir}", f"text.cache_dir={text_cache}", *extra])
+    return run_dir, json.loads((run_dir / "results.json").read_text())
+
+
+def scalar_tags(run_dir, stage):
+    ea = EventAccumulator(str(run_dir / "tb" / stage))
+    ea.Reload()
+    return set(ea.Tags()["scalars"])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_pairing_runs_a_few_steps(config, tmp_path, text_cache):
+    # prior_prob=0: with only 2 steps, every step must use the teacher's sources so that the
+    # alignment terms are logged (the prior-only path is covered in test_workspace.py)
+    run_dir, results = run(config, tmp_path, text_cache, "kd.workspace.prior_prob=0.0")
+    roles = [r for r in ("teacher", "student", "baseline") if r in results]
+    assert roles, results
+    for role in roles:
+        r = results[role]
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0
+        assert r["n"] == results["data"]["windows"]["test"]                     # every test window once
+        assert np.array(r["confusion"]).sum() == r["n"]
+        assert (run_dir / role / "model.safetensors").is_file()
+        tags = scalar_tags(run_dir, role)
+        assert {"train/loss_total", "train/lr", "val/accuracy"} <= tags
+        assert any(t.startswith("train/loss_ce") for t in tags)
+    if "student" in results:
+        cfg = (run_dir / "config.yaml").read_text()
+        tags = scalar_tags(run_dir, "student")
+        if "coef: dynamic" in cfg:
+            assert {"train/coef_shape", "train/coef_action", "train/loss_align"} <= tags
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_text_teacher_writes_interpretability_artefacts(tmp_path, text_cache):
+    run_dir, results = run(Path("configs/synthetic_smoke.yaml"), tmp_path, text_cache, "stage=teacher")
+    for f in ("shapes.png", "code_actions.png", "code_usage.json", "frozen.safetensors", "meta.json"):
+        assert (run_dir / "teacher" / f).is_file(), f
+    interp = results["teacher"]["interpretability"]
+    assert 1 <= interp["codes_used"] <= 64 and interp["perplexity"] >= 1
+    tags = scalar_tags(run_dir, "teacher")
+    assert {f"train/loss_{t}" for t in ("x", "vq", "s", "div", "act", "label", "con", "ce")} <= tags
+    assert "oracle_class_text_accuracy" in results["teacher"]
+    assert "student" not in results
+
+
+def test_exported_student_predicts_without_the_teacher(tmp_path, text_cache):
+    from kd.data import build_splits
+    from kd.config import load_config
+    from kd.predict import Predictor
+    run_dir, results = run(Path("configs/synthetic_smoke.yaml"), tmp_path, text_cache)
+    shutil.rmtree(run_dir / "teacher")                                       # the teacher is gone
+    predictor = Predictor(run_dir / "student")
+    splits = build_splits(load_config(run_dir / "config.yaml").data)
+    x = torch.stack([splits.test[i]["x"] for i in range(len(splits.test))])
+    y = np.array([int(splits.test[i]["y"]) for i in range(len(splits.test))])
+    pred = predictor.logits(x).argmax(-1).numpy()
+    assert (pred == y).mean() == pytest.approx(results["student"]["accuracy"])
+    assert not any(isinstance(m, type(None)) for m in predictor.modules())
+    names = {type(m).__name__ for m in predictor.modules()}
+    assert "MMVQShape" not in names and "Workspace" in names
