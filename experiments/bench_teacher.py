@@ -26,10 +26,11 @@ from kd.config import FusionConfig, VQShapeConfig  # noqa: E402
 from teachers.mmvqshape import MMVQShape  # noqa: E402
 from teachers.vqshape import VQShape  # noqa: E402
 
-CONFIGS = {  # name: (dim, enc/tok layers, dec layers, heads, len_s)
+CONFIGS_ALL = {  # name: (dim, enc/tok layers, dec layers, heads, len_s)
     "d256": (256, 4, 2, 8, 128),
     "d128": (128, 2, 2, 8, 64),
 }
+CONFIGS = CONFIGS_ALL
 
 
 def ours(dim, layers, dec_layers, heads, len_s, dedup=True):
@@ -63,6 +64,25 @@ def step_official(model, opt, x):
     opt.step()
 
 
+@torch.no_grad()
+def spread_codes(model, x, official_model: bool):
+    """Data-dependent codebook init (codes = samples of the model's own z_e): many codes in use,
+    as after training, instead of the few an untrained model picks."""
+    if official_model:
+        model.x_mean, model.x_std = x.mean(-1, keepdim=True), (x.var(-1, keepdim=True) + 1e-5).sqrt()
+        h = model.tokenizer(model.encoder((x - model.x_mean) / model.x_std))
+        z, weight = model.attr_decoder.z_head(h).flatten(0, 1), model.codebook.embedding.weight
+    else:
+        z, weight = model(x[:, None, :], reconstruct=False)["z_e"].flatten(0, 1), model.codebook.weight
+    weight.copy_(z[torch.randperm(len(z))[: len(weight)]] + 1e-3 * torch.randn_like(weight))
+
+
+def codes_in_use(model, x, official_model: bool) -> int:
+    with torch.no_grad():
+        idx = model(x, mode="evaluate")[0]["code_idx"] if official_model else model(x[:, None, :])["code_idx"]
+    return idx.unique().numel()
+
+
 def interleaved(fns, batch, steps, warmup):
     """fns: {name: zero-arg step}; -> {name: [seconds per step]} measured round-robin."""
     times = {k: [] for k in fns}
@@ -85,15 +105,22 @@ def report(times, batch, unit):
 def bench_official(args, official_module):
     print(f"== signal-only VQShape training step, univariate series of 512, batch {args.batch}, "
           f"{torch.get_num_threads()} threads")
-    for name, (dim, layers, dec_layers, heads, len_s) in CONFIGS.items():
+    configs = {k: v for k, v in CONFIGS.items() if k in args.configs.split(",")}
+    for (name, (dim, layers, dec_layers, heads, len_s)), regime in [(c, r) for c in configs.items()
+                                                                      for r in args.regimes.split(",")]:
         torch.manual_seed(0)
         x = torch.randn(args.batch, 512).cumsum(-1) * 0.1 + torch.randn(args.batch, 512)
         models = {"official": official(official_module, dim, layers, dec_layers, heads, len_s),
                   "ours": ours(dim, layers, dec_layers, heads, len_s),
                   "ours (no decode-once)": ours(dim, layers, dec_layers, heads, len_s, dedup=False)}
+        if regime == "spread":
+            for k, m in models.items():
+                spread_codes(m, x, k == "official")
+        used = {k: codes_in_use(m, x, k == "official") for k, m in models.items()}
         opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
         fns = {k: (lambda k=k: (step_official if k == "official" else step_ours)(models[k], opts[k], x)) for k in models}
-        print(f"-- {name}: dim {dim}, {layers}/{layers}/{dec_layers} layers, {heads} heads, 32 tokens, len_s {len_s}")
+        print(f"-- {name}, codes {regime}: dim {dim}, {layers}/{layers}/{dec_layers} layers, {heads} heads, "
+              f"32 tokens, len_s {len_s}; distinct codes in the batch: official {used['official']}, ours {used['ours']}")
         med = report(interleaved(fns, args.batch, args.steps, args.warmup), args.batch, "series")
         print(f"  ratio ours/official = {med['official'] / med['ours']:.2f}x   "
               f"(without decode-once: {med['official'] / med['ours (no decode-once)']:.2f}x)")
@@ -130,6 +157,9 @@ def main():
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--regimes", default="init,spread",
+                   help="init: freshly initialised codebooks (few codes used); spread: codes drawn from z_e")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.official:

@@ -153,24 +153,46 @@ class ShapeDecoder(nn.Module):
 
     def forward(self, z_q: torch.Tensor, idx: Optional[torch.Tensor] = None,
                 codes: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """z_q (n, dc) straight-through codes; idx (n,) their ids; codes (K, dc) -> (n, len_s)."""
+        """z_q (n, dc) straight-through codes; idx (n,) their ids; codes (K, dc) -> (n, len_s).
+
+        Codes used by enough tokens are decoded once (cost ~3 + 1.25*dc decoder passes with
+        gradients: one forward+backward and the vmapped JVP, measured); the other tokens are
+        decoded one by one (~3 passes each). Both are exact, so the split only changes speed.
+        """
         if not self.dedup or idx is None:
             return self.decode(z_q)
-        uniq, inv = idx.unique(return_inverse=True)
+        uniq, inv, counts = idx.unique(return_inverse=True, return_counts=True)
         needs_grad = torch.is_grad_enabled() and z_q.requires_grad
-        # Cost in decoder forwards: decode-once ~3U (fwd+bwd) + ~1.25*dc*U (vmapped JVP, measured);
-        # per token ~3n. Both are exact, so this choice only changes speed.
-        if len(uniq) * (3 + 1.25 * z_q.shape[1] * needs_grad) >= 3 * len(idx):
+        popular = 3 * counts > 3 + 1.25 * z_q.shape[1] * needs_grad           # (U,)
+        if not popular.any():
             return self.decode(z_q)
-        # Round U up to a multiple of 64 (padding repeats code 0; its rows are never gathered):
-        # steady tensor sizes across steps keep the CPU allocator from fragmenting the heap.
-        pad = -len(uniq) % 64
-        c = codes[F.pad(uniq, (0, pad))].detach().to(z_q.dtype)     # (U + pad, dc)
-        s = self.decode(c)[inv]                                      # (n, len_s)
+        on_pop = popular[inv]                                                 # (n,)
+        pop_tok, rare_tok = on_pop.nonzero().flatten(), (~on_pop).nonzero().flatten()
+        slot = popular.cumsum(0) - 1                                          # code -> row among popular codes
+        parts = [self.decode_once(z_q[pop_tok], slot[inv[pop_tok]], codes[uniq[popular]], needs_grad)]
+        if len(rare_tok):
+            parts.append(padded(self.decode, z_q[rare_tok]))
+        order = torch.cat([pop_tok, rare_tok]).argsort()
+        return torch.cat(parts)[order]
+
+    def decode_once(self, z_q: torch.Tensor, inv: torch.Tensor, codes: torch.Tensor, needs_grad: bool) -> torch.Tensor:
+        """Tokens z_q (m, dc) whose codes are codes[inv]: decode each code once (exact)."""
+        c = codes.detach().to(z_q.dtype)
+        s = padded(self.decode, c)[inv]                                       # (m, len_s)
         if needs_grad:
-            J = self.jacobian(c)                                     # (U, len_s, dc)
-            s = s + torch.einsum("nlk,nk->nl", J[inv], z_q - z_q.detach())  # value 0, grad J^T g
+            J = padded(self.jacobian, c)                                      # (U, len_s, dc)
+            s = s + torch.einsum("nlk,nk->nl", J[inv], z_q - z_q.detach())   # value 0, grad J^T g
         return s
+
+
+def padded(fn, x: torch.Tensor, multiple: int = 64) -> torch.Tensor:
+    """fn(x) with the batch padded (by repeating row 0) to a multiple of `multiple`, padding dropped.
+    Steady tensor sizes across steps keep the CPU allocator from fragmenting the heap; the
+    padded rows receive no gradient."""
+    pad = -len(x) % multiple
+    if pad == 0:
+        return fn(x)
+    return fn(torch.cat([x, x[:1].expand(pad, -1)]))[: len(x)]
 
 
 # ----------------------------------------------------------------------------- model parts

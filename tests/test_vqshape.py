@@ -148,6 +148,33 @@ def test_decode_once_is_exact_in_value_and_gradient():
         assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
 
 
+def test_hybrid_decode_mixes_popular_and_rare_codes_exactly():
+    torch.manual_seed(0)
+    dec = ShapeDecoder(4, 32)
+    codes = torch.randn(6, 4, requires_grad=True)
+    idx = torch.tensor([0] * 30 + [1] * 12 + [2, 3, 3, 4, 5])           # two popular codes, four rare
+    idx = idx[torch.randperm(len(idx))]
+    z_e = torch.randn(len(idx), 4, requires_grad=True)
+    g = torch.randn(len(idx), 32)
+    results = []
+    for dedup in (True, False):
+        dec.dedup = dedup
+        dec.zero_grad()
+        z_e.grad = None
+        z_q = z_e + (codes[idx] - z_e).detach()
+        s = dec(z_q, idx, codes)
+        (s * g).sum().backward()
+        results.append((s.detach(), z_e.grad.clone(), {n: p.grad.clone() for n, p in dec.named_parameters()}))
+    (s1, gz1, gp1), (s2, gz2, gp2) = results
+    assert torch.allclose(s1, s2, atol=1e-5) and torch.allclose(gz1, gz2, atol=1e-4)
+    # the last conv's bias cancels in the normalisation: its true gradient is 0, both are rounding noise
+    last_bias = "net.7.bias"
+    assert gp1[last_bias].abs().max() < 1e-2 and gp2[last_bias].abs().max() < 1e-2
+    for n in gp1:
+        if n != last_bias:
+            assert torch.allclose(gp1[n], gp2[n], atol=1e-4, rtol=1e-4), n
+
+
 def test_shape_decoder_output_is_normalised_and_jacobian_matches_autograd():
     dec = ShapeDecoder(4, 32)
     c = torch.randn(3, 4)
