@@ -172,6 +172,11 @@ class Distiller(nn.Module):
             terms["align"] = self.kd_cfg.workspace.lambda_align * align
         return terms, logs
 
+    def has_action_tokens(self) -> bool:
+        """True when the student's tokens carry sub-action logits (own or through the adapter)."""
+        own = getattr(self.student, "action_decoder", None) is not None
+        return own or (self.tokens is not None and self.tokens.action_decoder is not None)
+
     # -- inference -------------------------------------------------------------------------
     def predict(self, batch: Dict) -> torch.Tensor:
         """Signal only: no teacher, no text; workspace slots are the learned prior."""

@@ -267,7 +267,7 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     if (path / "model.safetensors").is_file():
         accel.print(f"[teacher] loading {path}")
         teacher, meta = load_teacher(path, splits)
-        return teacher, meta, evaluate_teacher(cfg, splits, teacher, {"loaded_from": str(path)})
+        return teacher, meta, evaluate_teacher(cfg, splits, teacher, {"loaded_from": str(path)}, meta)
     if cfg.stage == "student":
         raise CheckpointError(f"stage=student needs a teacher checkpoint at {str(path)!r}; train it first "
                               f"(stage=teacher or stage=all) or set teacher.checkpoint")
@@ -275,15 +275,29 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     t0 = time.time()
     teacher, summary = train_teacher(cfg, splits, text, bank, run_dir)
     meta = teacher_meta(cfg, splits, bank)
-    report = evaluate_teacher(cfg, splits, teacher, {"train": summary, "train_wall_s": time.time() - t0})
+    report = evaluate_teacher(cfg, splits, teacher, {"train": summary, "train_wall_s": time.time() - t0}, meta)
     if accel.is_main_process and hasattr(teacher, "codebook"):
         from teachers.interpret import write_teacher_artifacts
         report["interpretability"] = write_teacher_artifacts(teacher, splits, teacher_dir(cfg), bank)
     return teacher, meta, report
 
 
-def evaluate_teacher(cfg, splits, teacher, extra: Dict) -> Dict:
+def recovery_map(cfg, t_meta: Optional[Dict]):
+    """Vocabulary -> primitive ids when the data are synthetic and the teacher has sub-actions."""
+    if cfg.data.name != "synthetic" or not t_meta or "vocab_texts" not in t_meta:
+        return None
+    from kd.recovery import synthetic_vocab_map
+    from kd.text import description_file
+    return synthetic_vocab_map(t_meta["vocab_texts"], description_file(cfg.text, "synthetic"))
+
+
+def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
+    vmap = recovery_map(cfg, t_meta)
+    if vmap is not None:
+        from kd.data.synthetic import PRIMITIVES
+        from kd.recovery import subaction_recovery, teacher_tokens
+        report["subaction_recovery"] = subaction_recovery(teacher_tokens(teacher), splits.test, vmap, len(PRIMITIVES))
     if hasattr(teacher, "M"):  # text-guided: the class-text number is a diagnostic, named as such
         oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
                              teacher)
@@ -303,4 +317,10 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
             model["workspace"] = distiller.workspace
         out[role] = test_report(cfg, splits, distiller.predict, model,
                                 {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0})
+        vmap = recovery_map(cfg, t_meta)
+        if vmap is not None and role == "student" and distiller.has_action_tokens():
+            from kd.data.synthetic import PRIMITIVES
+            from kd.recovery import student_tokens, subaction_recovery
+            out[role]["subaction_recovery"] = subaction_recovery(student_tokens(distiller.eval()), splits.test,
+                                                                 vmap, len(PRIMITIVES))
     return out

@@ -1,0 +1,52 @@
+"""Sub-action recovery metric on hand-made spans, and end to end on synthetic data."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import distill
+from kd.recovery import primitive_of_vocab, span_majority, subaction_recovery
+from tests.conftest import TINY
+
+
+def test_span_majority_on_known_spans():
+    gt = torch.tensor([[0] * 6 + [1] * 4 + [2] * 2])          # L = 12
+    t = torch.tensor([[[0.0], [0.5], [0.9]]])
+    l = torch.tensor([[[0.3], [0.5], [0.1]]])
+    # spans in steps: [0, 3.3] -> label 0; [5.5, 11] -> 1 (steps 5..11: one 0, four 1, two 2); [9.9, 11] -> 2
+    assert span_majority(gt, t, l, 3).tolist() == [[0, 1, 2]]
+
+
+def test_primitive_of_vocab_maps_sentences():
+    m = primitive_of_vocab(["b text", "x", "a text"], {"a": "a text", "b": "b text"}, ["a", "b"])
+    assert m.tolist() == [1, -1, 0]
+
+
+def test_recovery_perfect_and_chance():
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"x": torch.zeros(1, 8), "subaction": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])}
+
+    t = torch.tensor([[[0.0], [0.6]]])
+    l = torch.tensor([[[0.3], [0.4]]])
+    right = torch.tensor([[[5.0, 0.0], [0.0, 5.0]]])            # token 0 -> vocab 0 -> primitive 0, token 1 -> 1
+    fn = lambda x: (t.expand(len(x), -1, -1), l.expand(len(x), -1, -1), right.expand(len(x), -1, -1))  # noqa: E731
+    rep = subaction_recovery(fn, DS(), torch.tensor([0, 1]), 2)
+    assert rep["accuracy"] == 1.0 and rep["chance_uniform"] == 0.5 and rep["chance_majority"] == 0.5
+    swapped = subaction_recovery(fn, DS(), torch.tensor([1, 0]), 2)
+    assert swapped["accuracy"] == 0.0
+
+
+def test_synthetic_run_reports_recovery_for_teacher_and_student(tmp_path, text_cache):
+    run_dir = tmp_path / "rec"
+    distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={run_dir}",
+                  f"text.cache_dir={text_cache}", "train.baseline=false"])
+    results = json.loads((run_dir / "results.json").read_text())
+    for role in ("teacher", "student"):
+        rec = results[role]["subaction_recovery"]
+        assert 0.0 <= rec["accuracy"] <= 1.0 and rec["chance_uniform"] == pytest.approx(0.1)
+        assert rec["tokens"] == results["data"]["windows"]["test"] * 3 * 16      # C * N tokens per window
