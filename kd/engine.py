@@ -154,7 +154,6 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
     """Train `task` for one stage; returns a summary (steps, wall time, last validation metrics)."""
     tc = cfg.train
     loader = train_loader(train_ds, cfg.data.batch_size, cfg.seed, cfg.data.num_workers)
-    sampler: EpochSampler = loader.sampler
     steps_per_epoch = math.ceil(len(loader) / accel.num_processes)
     total = spec.epochs * steps_per_epoch
     if tc.max_steps is not None:
@@ -181,7 +180,9 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
     for epoch in range(start_epoch, spec.epochs):
         if step >= total:
             break
-        sampler.set_epoch(epoch)
+        # On the prepared loader: its __iter__ re-applies its own epoch counter (which restarts at
+        # 0 after a resume), so only this keeps a resumed run on the same data order.
+        loader.set_epoch(epoch)
         set_seed(cfg.seed * 1000 + epoch, device_specific=True)
         task.train()
         for batch in loader:

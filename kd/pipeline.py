@@ -35,10 +35,14 @@ class RunDirError(RuntimeError):
 
 
 def make_accelerator(cfg) -> Accelerator:
+    """One Accelerator per stage (each has its own prepared objects and checkpoint registry)."""
     # Prior-only workspace steps and class-text-only terms leave some parameters without
     # gradient on some steps; DDP must be told.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp])
+    # Without CUDA, Accelerate forms a gloo process group only when told it runs on CPU;
+    # otherwise `accelerate launch --multi_gpu` on a CPU machine starts independent runs.
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp],
+                       cpu=not torch.cuda.is_available())
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -1,0 +1,56 @@
+"""Evaluate a finished run's saved models on its held-out split, on one or several processes.
+
+    accelerate launch -m kd.evaluate --run-dir runs/default [--out eval.json]
+
+Reads `<run_dir>/config.yaml`, the teacher checkpoint and the exported students; prints (and the
+main process writes) accuracy, macro-F1 and the number of windows counted for each model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from accelerate import PartialState
+
+from kd.config import load_config
+from kd.data import build_splits
+from kd.pipeline import load_teacher, teacher_dir, test_report
+from kd.predict import Predictor
+
+
+def evaluate_run(run_dir: Path) -> Dict:
+    cfg = load_config(run_dir / "config.yaml")
+    splits = build_splits(cfg.data)
+    out = {}
+    if (teacher_dir(cfg) / "model.safetensors").is_file():
+        teacher, _ = load_teacher(teacher_dir(cfg), splits)
+        out["teacher"] = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher)
+    for role in ("student", "baseline"):
+        if (run_dir / role / "model.safetensors").is_file():
+            p = Predictor(run_dir / role)
+            out[role] = test_report(cfg, splits, lambda b, p=p: p.logits(b["x"]), p)
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> Dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--out", default=None, help="also write the metrics to this JSON file (main process)")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml; give the run_dir of a distill.py run")
+    results = evaluate_run(run_dir)
+    state = PartialState()
+    summary = {k: {m: v[m] for m in ("accuracy", "macro_f1", "n")} for k, v in results.items()}
+    if state.is_main_process:
+        print(json.dumps({"num_processes": state.num_processes, **summary}, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"num_processes": state.num_processes, **results}, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
