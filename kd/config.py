@@ -146,8 +146,10 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "wrn16_1"             # wrn16_1 | wrn16_3 | resnet | vqshape_student
+    # Smaller than the default teacher (dim 64, 2/2/1 layers); L_div off: the design trains the
+    # VQShape student with L_x, L_s, L_vq, L_ce plus KD.
     vqshape: VQShapeConfig = field(default_factory=lambda: VQShapeConfig(
-        dim=128, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4))
+        dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4, lambda_div=0.0))
     cnn: CNNConfig = field(default_factory=CNNConfig)
 
 
