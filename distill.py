@@ -33,7 +33,8 @@ def main(argv=None) -> dict:
         return results
     summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
                for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
-    print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1)}, indent=2))
+    print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1),
+                      "peak_rss_mb": round(results["peak_rss_mb"])}, indent=2))
     return results
 
 

@@ -1,0 +1,49 @@
+"""The compare tool on tiny generated runs with known numbers."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import compare  # noqa: E402
+
+
+def fake_run(root: Path, name: str, acc: float, coef: float) -> Path:
+    run = root / name
+    (run / "tb" / "student").mkdir(parents=True)
+    results = {"student": {"accuracy": acc, "macro_f1": acc - 0.1, "params": 100_000, "train_wall_s": 12.0},
+               "baseline": {"accuracy": 0.5, "macro_f1": 0.4, "params": 90_000, "train_wall_s": 3.0}}
+    (run / "results.json").write_text(json.dumps(results))
+    w = SummaryWriter(str(run / "tb" / "student"))
+    for step in (1, 2, 3):
+        w.add_scalar("train/loss_ce", 1.0 / step, step)
+        w.add_scalar("train/coef_shape", coef, step)
+        w.add_scalar("train/lr", 0.1, step)                       # not a compared curve
+    w.close()
+    return run
+
+
+def test_compare_groups_seeds_and_overlays_curves(tmp_path):
+    runs = [fake_run(tmp_path, "kd_s0", 0.8, 0.3), fake_run(tmp_path, "kd_s1", 0.6, 0.7),
+            fake_run(tmp_path, "base_s0", 0.5, 0.5)]
+    out = tmp_path / "out"
+    rows = compare.main([*map(str, runs), "--out", str(out), "--group-seeds"])
+    by = {(r["run"], r["model"]): r for r in rows}
+    assert by[("kd", "student")]["n_runs"] == "2"
+    assert by[("kd", "student")]["accuracy"] == "0.700 ± 0.100"          # mean ± population std
+    assert by[("base", "student")]["accuracy"] == "0.500"
+    assert by[("kd", "baseline")]["params"] == "0.090 M"
+    with open(out / "table.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    assert "| kd | student | 2 | 0.700 ± 0.100 |" in (out / "table.md").read_text()
+    curves = sorted(p.name for p in (out / "curves").iterdir())
+    assert curves == ["train_coef_shape.png", "train_loss_ce.png"]
+
+
+def test_compare_without_results_names_the_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty has no results.json"):
+        compare.main([str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
