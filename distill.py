@@ -34,7 +34,8 @@ def main(argv=None) -> dict:
     summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
                for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
     print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1),
-                      "peak_rss_mb": round(results["peak_rss_mb"])}, indent=2))
+                      "peak_rss_mb": round(results["peak_rss_mb"]),
+                      "cpu_threads_per_process": results["cpu_threads_per_process"]}, indent=2))
     return results
 
 

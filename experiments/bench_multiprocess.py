@@ -2,8 +2,8 @@
 
 Runs `accelerate launch [--multi_gpu --num_processes 2] distill.py stage=teacher` on watch for
 --epochs epochs and reads the teacher's training wall time from results.json. With 2 processes
-each takes half of every epoch's batches; Accelerate gives each process
-physical_cores / processes threads.
+each takes half of every epoch's batches and (train.num_threads unset) uses
+CPUs / processes threads.
 
     python experiments/bench_multiprocess.py [--epochs 2]
 """

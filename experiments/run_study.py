@@ -56,7 +56,7 @@ def watch_runs(root: Path, seed: int):
 
 def synthetic_runs(root: Path, seed: int):
     d = lambda name: f"run_dir={root}/synthetic/{name}_s{seed}"  # noqa: E731
-    data = ["data.name=synthetic", "data.synthetic.num_windows=3000", f"seed={seed}"]
+    data = ["data.name=synthetic", "data.synthetic.num_windows=1500", f"seed={seed}"]
     teacher = f"teacher.checkpoint={root}/synthetic/teacher_s{seed}/teacher"
     return [
         ("syn_teacher", ["--config", "configs/default.yaml", d("teacher"), "stage=teacher", *data]),

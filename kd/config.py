@@ -212,6 +212,9 @@ class TrainConfig:
     log_every: int = 10
     nonfinite: str = "stop"           # on a non-finite loss: "stop" (raise with step and terms) | "skip" the step
     baseline: bool = True             # also train the no-teacher student for results.json
+    # CPU threads per process; None = the CPUs this process may use / local processes. Set here
+    # because `accelerate launch` exports OMP_NUM_THREADS=1 for a single CPU process.
+    num_threads: Optional[int] = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ Only the main process writes files; every process builds the same data and model
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -45,11 +46,25 @@ def make_accelerator(cfg) -> Accelerator:
                        cpu=not torch.cuda.is_available())
 
 
+def set_cpu_threads(requested: Optional[int], accel: Accelerator) -> Optional[int]:
+    """torch's intra-op threads on CPU: `requested`, or the CPUs this process may use divided by the
+    processes on this machine. Returns the number set (None on GPU, where it is left alone)."""
+    if accel.device.type != "cpu":
+        return None
+    if requested is not None and requested < 1:
+        raise ValueError(f"train.num_threads={requested} must be >= 1 (or unset for automatic)")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accel.num_processes))
+    n = requested or max(1, len(os.sched_getaffinity(0)) // max(local, 1))
+    torch.set_num_threads(n)
+    return n
+
+
 # ----------------------------------------------------------------------------- run directory
 def comparable(cfg) -> Dict:
     d = OmegaConf.to_container(cfg, resolve=True)
     for k in IGNORED_FOR_RERUN:
         d.pop(k, None)
+    d["train"].pop("num_threads", None)     # speed only: a resume may use another thread count
     return d
 
 
@@ -247,6 +262,7 @@ def peak_rss_mb() -> float:
 def run(cfg) -> Dict:
     t0 = time.time()
     accel = make_accelerator(cfg)
+    threads = set_cpu_threads(cfg.train.num_threads, accel)
     run_dir = prepare_run_dir(cfg, accel)
     set_seed(cfg.seed)
     splits = build_splits(cfg.data)
@@ -262,6 +278,7 @@ def run(cfg) -> Dict:
     results["wall_s"] = time.time() - t0
     results["peak_rss_mb"] = peak_rss_mb()
     results["num_processes"] = accel.num_processes
+    results["cpu_threads_per_process"] = threads
     write_results(run_dir, results, accel.is_main_process)
     return results
 

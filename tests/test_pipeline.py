@@ -78,3 +78,24 @@ def test_exported_student_predicts_without_the_teacher(tmp_path, text_cache):
     assert not any(isinstance(m, type(None)) for m in predictor.modules())
     names = {type(m).__name__ for m in predictor.modules()}
     assert "MMVQShape" not in names and "Workspace" in names
+
+
+def test_cpu_threads_split_between_local_processes(monkeypatch):
+    """`accelerate launch` exports OMP_NUM_THREADS=1; the run sets CPUs / local processes instead."""
+    import os
+    from types import SimpleNamespace
+    from kd.pipeline import set_cpu_threads
+    before = torch.get_num_threads()
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        accel = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert set_cpu_threads(None, accel) == cpus == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))
+        assert set_cpu_threads(None, accel) == 1 == torch.get_num_threads()
+        assert set_cpu_threads(3, accel) == 3 == torch.get_num_threads()
+        with pytest.raises(ValueError, match="num_threads"):
+            set_cpu_threads(0, accel)
+        assert set_cpu_threads(None, SimpleNamespace(device=torch.device("cuda"), num_processes=1)) is None
+    finally:
+        torch.set_num_threads(before)
