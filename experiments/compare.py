@@ -1,11 +1,14 @@
 """Compare runs of distill.py: one table and overlaid curves.
 
     python experiments/compare.py RUN_DIR [RUN_DIR ...] --out OUT_DIR [--stage student] [--group-seeds]
+                                  [--curve-seed 0]
 
 Writes OUT_DIR/table.md and table.csv (held-out accuracy, macro-F1, parameter count and training
-wall time of every model in each run's results.json) and OUT_DIR/curves/<tag>.png: each
-TensorBoard scalar of `--stage` (every train/loss_*, train/coef_*, train/dist_* and val/* tag)
-overlaid across runs. With --group-seeds, run dirs named NAME_s<seed> are one row: mean ± std.
+wall time of every model in each run's results.json, and on synthetic data the sub-action
+recovery with its majority-class chance) and OUT_DIR/curves/<tag>.png: each TensorBoard scalar
+of `--stage` (every train/loss_*, train/coef_*, train/dist_* and val/* tag) overlaid across runs.
+With --group-seeds, run dirs named NAME_s<seed> are one row: mean ± population std.
+--curve-seed N overlays only the runs named *_s<N> (one curve per configuration).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 ROLES = ("teacher", "student", "baseline")
-METRICS = ("accuracy", "macro_f1", "params", "train_wall_s")
+METRICS = ("accuracy", "macro_f1", "params", "train_wall_s", "recovery", "recovery_chance")
 CURVE_PREFIXES = ("train/loss_", "train/coef_", "train/dist_", "val/")
 
 
@@ -38,7 +41,19 @@ def load_results(run_dir: Path) -> Dict[str, Dict[str, float]]:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} has no results.json; is it a finished distill.py run?")
     r = json.loads(path.read_text())
-    return {role: {m: r[role][m] for m in METRICS if m in r[role]} for role in ROLES if role in r}
+    out = {}
+    for role in ROLES:
+        if role in r:
+            out[role] = {m: r[role][m] for m in METRICS if m in r[role]}
+            if "subaction_recovery" in r[role]:
+                out[role]["recovery"] = r[role]["subaction_recovery"]["accuracy"]
+                out[role]["recovery_chance"] = r[role]["subaction_recovery"]["chance_majority"]
+    return out
+
+
+def curve_runs(runs: List[Path], seed) -> List[Path]:
+    """The runs whose curves are overlaid: all, or those named *_s<seed>."""
+    return [r for r in runs if seed is None or r.name.endswith(f"_s{seed}")]
 
 
 def load_curves(run_dir: Path, stage: str) -> Dict[str, List]:
@@ -114,13 +129,16 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--stage", default="student", help="TensorBoard sub-directory to overlay (teacher|student|baseline)")
     p.add_argument("--group-seeds", action="store_true")
+    p.add_argument("--curve-seed", type=int, default=None, help="overlay only runs named *_s<N>")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grouped: Dict[str, List[Dict]] = defaultdict(list)
     curves = {}
-    for run in map(Path, args.runs):
+    runs = [Path(r) for r in args.runs]
+    for run in runs:
         grouped[run_name(run, args.group_seeds)].append(load_results(run))
+    for run in curve_runs(runs, args.curve_seed):
         curves[run.name] = load_curves(run, args.stage)
     rows = table(grouped)
     write_table(rows, out)

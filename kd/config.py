@@ -173,6 +173,14 @@ class SourceConfig:
 
 
 @dataclass
+class ExtraTeacherConfig:
+    """A further frozen teacher (a checkpoint written by a `stage=teacher` run) whose outputs become
+    knowledge sources as `<name>/<key>`, e.g. kd.sources=[..., {name: wrn, tokens: wrn/feature_tokens}]."""
+    name: str = ""
+    checkpoint: str = ""
+
+
+@dataclass
 class WorkspaceConfig:
     enabled: bool = False
     num_slots: int = 8                # slots live in the student's feature width
@@ -187,6 +195,7 @@ class KDConfig:
     alpha: float = 0.7                # (1 - alpha) * L_ce + alpha * sum_i c_i * L_kd,i
     coef: str = "fixed"               # "fixed" (source fixed_weight) | "dynamic" (mGLW c_i = d_i / sum d_j)
     sources: List[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    extra_teachers: List[ExtraTeacherConfig] = field(default_factory=list)   # several teachers
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     logit_kd: LossConfig = field(default_factory=lambda: LossConfig(weight=1.0, source="shape"))
     attr: LossConfig = field(default_factory=LossConfig)
@@ -288,6 +297,14 @@ def validate_config(cfg: DictConfig) -> None:
     names = [s.name for s in cfg.kd.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"kd.sources names must be unique, got {names}")
+    extra = [t.name for t in cfg.kd.extra_teachers]
+    if extra and cfg.teacher.arch == "none":
+        raise ConfigError("kd.extra_teachers needs a main teacher (teacher.arch is 'none')")
+    for t in cfg.kd.extra_teachers:
+        if not t.name or "/" in t.name or not t.checkpoint:
+            raise ConfigError(f"each kd.extra_teachers entry needs a name without '/' and a checkpoint, got {dict(t)}")
+    if len(set(extra)) != len(extra):
+        raise ConfigError(f"kd.extra_teachers names must be unique, got {extra}")
 
 
 def to_yaml(cfg: DictConfig) -> str:

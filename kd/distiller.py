@@ -35,6 +35,24 @@ class TeacherTask(nn.Module):
         return self.model.predict(batch["x"])
 
 
+class TeacherGroup(nn.Module):
+    """The main teacher plus further frozen teachers (kd.extra_teachers). `teach` returns the main
+    teacher's outputs, and each extra teacher's tensors as '<name>/<key>' (knowledge sources)."""
+
+    def __init__(self, main: nn.Module, extras: Dict[str, nn.Module]):
+        super().__init__()
+        self.main, self.extras = main, nn.ModuleDict(extras)
+
+    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Dict:
+        out = dict(self.main.teach(x, y))
+        for name, teacher in self.extras.items():
+            out.update({f"{name}/{k}": v for k, v in teacher.teach(x, y).items() if torch.is_tensor(v)})
+        return out
+
+    def train(self, mode: bool = True):
+        return super().train(False)                                          # frozen: always eval
+
+
 class FrozenTokenSpace(nn.Module):
     """The teacher's frozen shape codebook and action decoder, for students without their own
     (CNN students reach them through a token adapter)."""

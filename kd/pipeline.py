@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
 from kd.config import config_from_dict, to_yaml
 from kd.data import build_splits
-from kd.distiller import Distiller, TeacherTask
+from kd.distiller import Distiller, TeacherGroup, TeacherTask
 from kd.engine import StageSpec, eval_loader, evaluate, fit
 from students import build_student
 from teachers import build_teacher
@@ -192,13 +192,16 @@ def sample_batch(ds, n: int = 2) -> Dict:
     return {k: torch.stack([it[k] for it in items]) for k in ("x", "y")}
 
 
-def build_distiller(cfg, splits, teacher: Optional[nn.Module], student_freeze: bool) -> Distiller:
+def build_distiller(cfg, splits, teacher: Optional[nn.Module], student_freeze: bool,
+                    group: Optional[nn.Module] = None) -> Distiller:
+    """group: the teacher plus extra teachers (TeacherGroup), whose outputs are the knowledge
+    sources; the student still adopts the main teacher's frozen codebook and decoders."""
     num_actions = teacher.M if teacher is not None and hasattr(teacher, "M") else 0
     student = build_student(cfg.student.arch, cfg.student.cnn, cfg.student.vqshape, splits.num_channels,
                             len(splits.class_names), num_actions, freeze_shared=student_freeze)
     if teacher is not None and hasattr(student, "adopt"):
         student.adopt(teacher)
-    probe = probe_outputs(student, teacher, sample_batch(splits.train))
+    probe = probe_outputs(student, group if group is not None else teacher, sample_batch(splits.train))
     probe["teacher_arch"] = cfg.teacher.arch
     return Distiller(cfg.kd, student, teacher, probe)
 
@@ -214,14 +217,29 @@ def student_meta(cfg, splits, distiller: Distiller, teacher_meta_: Optional[Dict
             "teacher": (teacher_meta_ or {}).get("arch")}
 
 
-def train_student(cfg, splits, teacher, t_meta, run_dir: Path, role: str) -> Tuple[Distiller, Dict]:
-    """role: "student" (distilled from `teacher`) or "baseline" (no teacher)."""
+def load_extra_teachers(cfg, splits) -> Dict[str, nn.Module]:
+    """kd.extra_teachers: checkpoints of earlier stage=teacher runs, each checked against this run's data."""
+    extras = {}
+    for t in cfg.kd.extra_teachers:
+        path = Path(t.checkpoint)
+        if not (path / "model.safetensors").is_file():
+            raise CheckpointError(f"kd.extra_teachers {t.name!r}: no teacher checkpoint at {str(path)!r}; train it "
+                                  f"first (distill.py stage=teacher run_dir=...) and give its <run_dir>/teacher")
+        extras[t.name] = load_teacher(path, splits)[0]
+    return extras
+
+
+def train_student(cfg, splits, teacher, t_meta, run_dir: Path, role: str,
+                  extras: Optional[Dict[str, nn.Module]] = None) -> Tuple[Distiller, Dict]:
+    """role: "student" (distilled from `teacher`, plus `extras` as further knowledge sources) or
+    "baseline" (no teacher)."""
     accel = make_accelerator(cfg)
     set_seed(cfg.seed)
-    distiller = build_distiller(cfg, splits, teacher, student_freeze=teacher is not None)
-    if teacher is not None:
-        teacher.to(accel.device)
-    spec = StageSpec(role, cfg.train.epochs, cfg.train.lr, teacher=teacher)
+    group = TeacherGroup(teacher, extras) if teacher is not None and extras else teacher
+    distiller = build_distiller(cfg, splits, teacher, student_freeze=teacher is not None, group=group)
+    if group is not None:
+        group.to(accel.device)
+    spec = StageSpec(role, cfg.train.epochs, cfg.train.lr, teacher=group)
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
     if accel.is_main_process:
@@ -330,9 +348,14 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
 def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
     out = {}
     roles = (["student"] if teacher is not None else []) + (["baseline"] if cfg.train.baseline or teacher is None else [])
+    extras = load_extra_teachers(cfg, splits) if teacher is not None else {}
+    if extras:
+        out["extra_teachers"] = {n: test_report(cfg, splits, (lambda b, m=m: m.predict(b["x"])), m)
+                                 for n, m in extras.items()}
     for role in roles:
         t0 = time.time()
-        distiller, summary = train_student(cfg, splits, teacher if role == "student" else None, t_meta, run_dir, role)
+        distiller, summary = train_student(cfg, splits, teacher if role == "student" else None, t_meta, run_dir, role,
+                                           extras if role == "student" else None)
         model = nn.ModuleDict({"student": distiller.student})
         if distiller.workspace is not None:
             model["workspace"] = distiller.workspace

@@ -99,3 +99,34 @@ def test_cpu_threads_split_between_local_processes(monkeypatch):
         assert set_cpu_threads(None, SimpleNamespace(device=torch.device("cuda"), num_processes=1)) is None
     finally:
         torch.set_num_threads(before)
+
+
+def test_several_teachers_as_knowledge_sources(tmp_path, text_cache):
+    """A WRN-16-3 teacher from an earlier run joins the text-guided teacher as a third workspace
+    source (kd.extra_teachers): it gets a dynamic coefficient, stays frozen, and is evaluated."""
+    from safetensors.torch import load_file
+    cnn_dir, _ = run(Path("configs/wrn16_3_wrn16_1.yaml"), tmp_path, text_cache, "stage=teacher")
+    ckpt = cnn_dir / "teacher"
+    before = load_file(str(ckpt / "model.safetensors"))
+    sources = ("kd.sources=[{name: shape, tokens: shape_tokens}, {name: action, tokens: action_tokens}, "
+               "{name: wrn, tokens: wrn/feature_tokens}]")
+    run_dir, results = run(Path("configs/synthetic_smoke.yaml"), tmp_path, text_cache, sources,
+                           f"kd.extra_teachers=[{{name: wrn, checkpoint: {ckpt}}}]", "kd.workspace.prior_prob=0.0",
+                           "train.baseline=false")
+    assert {"train/coef_shape", "train/coef_action", "train/coef_wrn", "train/dist_wrn"} <= scalar_tags(run_dir, "student")
+    assert 0.0 <= results["extra_teachers"]["wrn"]["accuracy"] <= 1.0
+    after = load_file(str(ckpt / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    meta = json.loads((run_dir / "student" / "meta.json").read_text())
+    assert [s[0] for s in meta["workspace_sources"]] == ["shape", "action", "wrn"]
+
+
+def test_extra_teacher_errors_name_the_fix(tmp_path, text_cache):
+    from kd.checkpoint import CheckpointError
+    from kd.config import ConfigError
+    with pytest.raises(CheckpointError, match="kd.extra_teachers 'wrn': no teacher checkpoint"):
+        run(Path("configs/synthetic_smoke.yaml"), tmp_path, text_cache,
+            f"kd.extra_teachers=[{{name: wrn, checkpoint: {tmp_path / 'nope'}}}]")
+    with pytest.raises(ConfigError, match="needs a main teacher"):
+        run(Path("configs/baseline_wrn16_1.yaml"), tmp_path, text_cache,
+            f"kd.extra_teachers=[{{name: wrn, checkpoint: {tmp_path}}}]")
