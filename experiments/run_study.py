@@ -12,6 +12,8 @@ watch (held-out subjects 9-10), per seed:
   wrn_ws_dynamic                    + mGLW workspace, dynamic coefficients (= configs/default.yaml)
   wrn_signal_teacher                the full loss set from the signal-only teacher (shape source only)
   vqs_full                          small VQShape student, full loss set (configs/text_teacher_vqshape_student.yaml)
+  wrn_ws_prior05                    wrn_ws_dynamic with half of the training steps on the slot prior (the
+                                    inference path) instead of 20 %
 synthetic (ground-truth sub-actions), per seed: a text-guided teacher, then WRN-16-1 and the VQShape
 student with the full loss set; results.json holds their sub-action recovery.
 Students reuse their seed's teacher checkpoint (teacher.checkpoint=...), so the teacher is trained once.
@@ -51,6 +53,8 @@ def watch_runs(root: Path, seed: int):
         ("wrn_signal_teacher", ["--config", "configs/signal_teacher_wrn16_1.yaml", d("wrn_signal_teacher"),
                                 signal_t, *common]),
         ("vqs_full", ["--config", "configs/text_teacher_vqshape_student.yaml", d("vqs_full"), text_t, *common]),
+        ("wrn_ws_prior05", ["--config", "configs/default.yaml", d("wrn_ws_prior05"), text_t, *common,
+                            "kd.workspace.prior_prob=0.5"]),
     ]
 
 

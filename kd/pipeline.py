@@ -111,12 +111,27 @@ def teacher_dir(cfg) -> Path:
     return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else Path(cfg.run_dir) / "teacher"
 
 
-def load_teacher(path: Path, splits) -> Tuple[nn.Module, Dict]:
-    """Rebuild a teacher from its own saved config and check it fits the data."""
+def teacher_config_diffs(saved: Dict, wanted: Dict, prefix: str = "teacher") -> list:
+    """'key: checkpoint A vs config B' for every teacher setting that differs (teacher.checkpoint aside)."""
+    diffs = []
+    for k in sorted(set(saved) | set(wanted)):
+        if prefix == "teacher" and k == "checkpoint":
+            continue
+        a, b = saved.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += teacher_config_diffs(a, b, f"{prefix}.{k}")
+        elif a != b:
+            diffs.append(f"{prefix}.{k}: checkpoint {a!r} vs config {b!r}")
+    return diffs
+
+
+def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.Module, Dict]:
+    """Rebuild a teacher from its own saved config and check it fits the data (and, with `expect`,
+    the pairing's `teacher` config section)."""
     state, meta = read_checkpoint(path)
     if meta.get("role") != "teacher":
         raise CheckpointError(f"{path} is a {meta.get('role')!r} checkpoint, not a teacher")
-    diffs = []
+    diffs = teacher_config_diffs(meta["config"]["teacher"], expect) if expect is not None else []
     if meta["num_channels"] != splits.num_channels:
         diffs.append(f"channels: checkpoint {meta['num_channels']} vs data {splits.num_channels}")
     if meta["class_names"] != list(splits.class_names):
@@ -124,7 +139,9 @@ def load_teacher(path: Path, splits) -> Tuple[nn.Module, Dict]:
     if meta["length"] != splits.length:
         diffs.append(f"window length: checkpoint {meta['length']} vs data {splits.length}")
     if diffs:
-        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit this run: " + "; ".join(diffs))
+        raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit this run: " + "; ".join(diffs)
+                              + " (point teacher.checkpoint at a matching teacher, or set the pairing's "
+                              "teacher.* to the checkpoint's values)")
     tcfg = config_from_dict(meta["config"]).teacher
     text = {k: state[k] for k in ("vocab_emb", "class_index", "class_mask", "label_emb")} \
         if tcfg.arch == "vqshape" and tcfg.text_guidance else None
@@ -305,7 +322,7 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     path = teacher_dir(cfg)
     if (path / "model.safetensors").is_file():
         accel.print(f"[teacher] loading {path}")
-        teacher, meta = load_teacher(path, splits)
+        teacher, meta = load_teacher(path, splits, expect=OmegaConf.to_container(cfg.teacher, resolve=True))
         return teacher, meta, evaluate_teacher(cfg, splits, teacher, {"loaded_from": str(path)}, meta)
     if cfg.stage == "student":
         raise CheckpointError(f"stage=student needs a teacher checkpoint at {str(path)!r}; train it first "

@@ -103,6 +103,11 @@ def test_teacher_checkpoint_that_does_not_fit_the_data(tmp_path, text_cache):
         distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={tmp_path / 's'}",
                       f"text.cache_dir={text_cache}", "stage=student", "data.synthetic.num_channels=4",
                       f"teacher.checkpoint={teacher_run / 'teacher'}"])
+    with pytest.raises(CheckpointError, match=r"teacher.text_guidance: checkpoint True vs config False.*"
+                                              r"teacher.vqshape.dim: checkpoint 32 vs config 16"):
+        distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={tmp_path / 'v'}",
+                      f"text.cache_dir={text_cache}", "stage=student", "teacher.text_guidance=false",
+                      "teacher.vqshape.dim=16", f"teacher.checkpoint={teacher_run / 'teacher'}"])
     with pytest.raises(CheckpointError, match="stage=student needs a teacher checkpoint"):
         distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={tmp_path / 'u'}",
                       f"text.cache_dir={text_cache}", "stage=student"])
