@@ -28,7 +28,9 @@ from students import build_student
 from teachers import build_teacher
 from teachers.layers import param_count
 
-IGNORED_FOR_RERUN = ("stage", "resume", "overwrite")
+# Config keys that may change between runs into one run_dir (what to do, not what is computed);
+# train.num_threads changes speed only.
+IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
 
 
 class RunDirError(RuntimeError):
@@ -62,9 +64,12 @@ def set_cpu_threads(requested: Optional[int], accel: Accelerator) -> Optional[in
 # ----------------------------------------------------------------------------- run directory
 def comparable(cfg) -> Dict:
     d = OmegaConf.to_container(cfg, resolve=True)
-    for k in IGNORED_FOR_RERUN:
-        d.pop(k, None)
-    d["train"].pop("num_threads", None)     # speed only: a resume may use another thread count
+    for key in IGNORED_FOR_RERUN:
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
     return d
 
 
@@ -338,22 +343,24 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     return teacher, meta, report
 
 
-def recovery_map(cfg, t_meta: Optional[Dict]):
-    """Vocabulary -> primitive ids when the data are synthetic and the teacher has sub-actions."""
+def recovery_scorer(cfg, splits, t_meta: Optional[Dict]):
+    """token_fn -> sub-action recovery on the test split, when the data are synthetic and the teacher
+    has sub-actions; else None."""
     if cfg.data.name != "synthetic" or not t_meta or "vocab_texts" not in t_meta:
         return None
-    from kd.recovery import synthetic_vocab_map
+    from kd.data.synthetic import PRIMITIVES
+    from kd.recovery import subaction_recovery, synthetic_vocab_map
     from kd.text import description_file
-    return synthetic_vocab_map(t_meta["vocab_texts"], description_file(cfg.text, "synthetic"))
+    vmap = synthetic_vocab_map(t_meta["vocab_texts"], description_file(cfg.text, "synthetic"))
+    return lambda token_fn: subaction_recovery(token_fn, splits.test, vmap, len(PRIMITIVES))
 
 
 def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
-    vmap = recovery_map(cfg, t_meta)
-    if vmap is not None:
-        from kd.data.synthetic import PRIMITIVES
-        from kd.recovery import subaction_recovery, teacher_tokens
-        report["subaction_recovery"] = subaction_recovery(teacher_tokens(teacher), splits.test, vmap, len(PRIMITIVES))
+    score = recovery_scorer(cfg, splits, t_meta)
+    if score is not None:
+        from kd.recovery import teacher_tokens
+        report["subaction_recovery"] = score(teacher_tokens(teacher))
     if hasattr(teacher, "M"):  # text-guided: the class-text number is a diagnostic, named as such
         oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
                              teacher)
@@ -366,6 +373,7 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
     out = {}
     roles = (["student"] if teacher is not None else []) + (["baseline"] if cfg.train.baseline or teacher is None else [])
     extras = load_extra_teachers(cfg, splits) if teacher is not None else {}
+    score = recovery_scorer(cfg, splits, t_meta)
     if extras:
         out["extra_teachers"] = {n: test_report(cfg, splits, (lambda b, m=m: m.predict(b["x"])), m)
                                  for n, m in extras.items()}
@@ -378,10 +386,7 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
             model["workspace"] = distiller.workspace
         out[role] = test_report(cfg, splits, distiller.predict, model,
                                 {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0})
-        vmap = recovery_map(cfg, t_meta)
-        if vmap is not None and role == "student" and distiller.has_action_tokens():
-            from kd.data.synthetic import PRIMITIVES
-            from kd.recovery import student_tokens, subaction_recovery
-            out[role]["subaction_recovery"] = subaction_recovery(student_tokens(distiller.eval()), splits.test,
-                                                                 vmap, len(PRIMITIVES))
+        if score is not None and role == "student" and distiller.has_action_tokens():
+            from kd.recovery import student_tokens
+            out[role]["subaction_recovery"] = score(student_tokens(distiller.eval()))
     return out
