@@ -20,9 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.config import load_config  # noqa: E402
-from kd.data import build_splits  # noqa: E402
-from kd.pipeline import load_teacher, teacher_dir  # noqa: E402
+from kd.evaluate import load_run_teacher  # noqa: E402
 
 
 def pick_windows(splits, n: int):
@@ -58,9 +56,7 @@ def main():
     p.add_argument("--out", required=True)
     args = p.parse_args()
     run_dir = Path(args.run_dir)
-    cfg = load_config(run_dir / "config.yaml")
-    splits = build_splits(cfg.data)
-    teacher, meta = load_teacher(teacher_dir(cfg), splits)
+    teacher, meta, _, splits = load_run_teacher(run_dir)
     if "vocab_texts" not in meta:
         raise ValueError(f"{run_dir} holds a signal-only teacher; the figure needs the text-guided one")
     vocab = meta["vocab_texts"]

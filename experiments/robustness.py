@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.config import load_config  # noqa: E402
-from kd.data import build_splits  # noqa: E402
 from kd.metrics import classification_report  # noqa: E402
-from kd.pipeline import load_teacher, teacher_dir  # noqa: E402
+from kd.evaluate import load_run, load_run_teacher  # noqa: E402
 from kd.predict import Predictor  # noqa: E402
 
 
@@ -34,14 +32,10 @@ def add_noise(x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:
 
 
 def model_fn(kind: str, run_dir: Path):
-    cfg = load_config(run_dir / "config.yaml")
-    splits = build_splits(cfg.data)
     if kind == "teacher":
-        teacher, _ = load_teacher(teacher_dir(cfg), splits)
-        fn = teacher.predict
-    else:
-        fn = Predictor(run_dir / kind).logits                               # <run_dir>/baseline or /student
-    return fn, splits
+        teacher, _, _, splits = load_run_teacher(run_dir)
+        return teacher.predict, splits
+    return Predictor(run_dir / kind).logits, load_run(run_dir)[1]           # <run_dir>/baseline or /student
 
 
 @torch.no_grad()

@@ -12,9 +12,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.config import load_config  # noqa: E402
-from kd.data import build_splits  # noqa: E402
-from kd.pipeline import load_teacher, teacher_dir  # noqa: E402
+from kd.evaluate import load_run_teacher  # noqa: E402
 
 
 def main():
@@ -25,9 +23,7 @@ def main():
     q = torch.tensor([0.1, 0.5, 0.9])
     print("run                          quantiles 10/50/90 %:   start t          length l          end")
     for run in args.runs:
-        cfg = load_config(Path(run) / "config.yaml")
-        splits = build_splits(cfg.data)
-        teacher, _ = load_teacher(teacher_dir(cfg), splits)
+        teacher, _, _, splits = load_run_teacher(Path(run))
         n = min(args.windows, len(splits.test))
         x = torch.stack([splits.test[i]["x"] for i in range(n)])
         with torch.no_grad():

@@ -10,19 +10,33 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+import torch.nn as nn
 from accelerate import PartialState
+from omegaconf import DictConfig
 
 from kd.config import load_config
-from kd.data import build_splits
+from kd.data import Splits, build_splits
 from kd.pipeline import load_teacher, teacher_dir, test_report
 from kd.predict import Predictor
 
 
+def load_run(run_dir: Path) -> Tuple[DictConfig, Splits]:
+    """A finished distill.py run's resolved config and its data splits."""
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    return cfg, build_splits(cfg.data)
+
+
+def load_run_teacher(run_dir: Path) -> Tuple[nn.Module, Dict, DictConfig, Splits]:
+    """(teacher, its checkpoint metadata, config, splits) of a finished run."""
+    cfg, splits = load_run(run_dir)
+    teacher, meta = load_teacher(teacher_dir(cfg), splits)
+    return teacher, meta, cfg, splits
+
+
 def evaluate_run(run_dir: Path) -> Dict:
-    cfg = load_config(run_dir / "config.yaml")
-    splits = build_splits(cfg.data)
+    cfg, splits = load_run(run_dir)
     out = {}
     if (teacher_dir(cfg) / "model.safetensors").is_file():
         teacher, _ = load_teacher(teacher_dir(cfg), splits)
