@@ -27,15 +27,15 @@ def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides)
     from accelerate import PartialState
-    from kd.pipeline import run   # heavy imports after the config is known to be valid
+    from kd.pipeline import end_processes, run   # heavy imports after the config is known to be valid
     results = run(cfg)
-    if not PartialState().is_main_process:
-        return results
-    summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
-               for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
-    print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1),
-                      "peak_rss_mb": round(results["peak_rss_mb"]),
-                      "cpu_threads_per_process": results["cpu_threads_per_process"]}, indent=2))
+    if PartialState().is_main_process:
+        summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
+                   for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
+        print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1),
+                          "peak_rss_mb": round(results["peak_rss_mb"]),
+                          "cpu_threads_per_process": results["cpu_threads_per_process"]}, indent=2))
+    end_processes()
     return results
 
 

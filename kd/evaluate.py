@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from kd.config import load_config
 from kd.data import Splits, build_splits
-from kd.pipeline import load_teacher, teacher_dir, test_report
+from kd.pipeline import end_processes, load_teacher, teacher_dir, test_report
 from kd.predict import Predictor
 
 
@@ -63,6 +63,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(json.dumps({"num_processes": state.num_processes, **summary}, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps({"num_processes": state.num_processes, **results}, indent=2))
+    end_processes()
     return results
 
 

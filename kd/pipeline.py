@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
@@ -46,6 +46,16 @@ def make_accelerator(cfg) -> Accelerator:
     # otherwise `accelerate launch --multi_gpu` on a CPU machine starts independent runs.
     return Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=[ddp],
                        cpu=not torch.cuda.is_available())
+
+
+def end_processes() -> None:
+    """Leave the process group once every process is done. Without this, gloo's threads can abort
+    a process at interpreter exit ("terminate called without an active exception", SIGABRT) after
+    its work is finished, and the launcher reports the whole run as failed."""
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+        state.destroy_process_group()
 
 
 def set_cpu_threads(requested: Optional[int], accel: Accelerator) -> Optional[int]:
