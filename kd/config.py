@@ -128,6 +128,7 @@ class CNNConfig:
     """1-D CNN students (also usable as teachers)."""
     kernel_size: int = 5
     dropout: float = 0.0
+    wrn_stem_stride: int = 1         # WRN only: stride of the stem conv (2 halves every later layer's steps and MACs)
     resnet_width: int = 32
     adapter_dim: int = 64            # token adapter width (CNN features -> teacher token grid)
     adapter_heads: int = 4

@@ -146,7 +146,11 @@ def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.
     state, meta = read_checkpoint(path)
     if meta.get("role") != "teacher":
         raise CheckpointError(f"{path} is a {meta.get('role')!r} checkpoint, not a teacher")
-    diffs = teacher_config_diffs(meta["config"]["teacher"], expect) if expect is not None else []
+    tcfg = config_from_dict(meta["config"]).teacher
+    # The saved config read through today's schema: a key added since the checkpoint was written
+    # takes its default, which keeps the behaviour from before the key existed.
+    saved = OmegaConf.to_container(tcfg, resolve=True)
+    diffs = teacher_config_diffs(saved, expect) if expect is not None else []
     if meta["num_channels"] != splits.num_channels:
         diffs.append(f"channels: checkpoint {meta['num_channels']} vs data {splits.num_channels}")
     if meta["class_names"] != list(splits.class_names):
@@ -157,7 +161,6 @@ def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.
         raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit this run: " + "; ".join(diffs)
                               + " (point teacher.checkpoint at a matching teacher, or set the pairing's "
                               "teacher.* to the checkpoint's values)")
-    tcfg = config_from_dict(meta["config"]).teacher
     text = {k: state[k] for k in ("vocab_emb", "class_index", "class_mask", "label_emb")} \
         if tcfg.arch == "vqshape" and tcfg.text_guidance else None
     if text is not None:  # padding was stored as 0 with mask False; the builder expects -1 there

@@ -31,21 +31,23 @@ class PreActBlock(nn.Module):
 
 
 class WRN1d(CNNStudent):
-    """WRN-depth-widen: stem conv (16) -> 3 groups of n = (depth-4)/6 blocks, widths 16k, 32k, 64k,
-    strides 1, 2, 2 -> BN-ReLU. Features [B, 64k, T/4]."""
-
-    strides = (1, 2, 2)
+    """WRN-depth-widen: stem conv (16, stride `cfg.wrn_stem_stride`, 1 in the paper) -> 3 groups of
+    n = (depth-4)/6 blocks, widths 16k, 32k, 64k, strides 1, 2, 2 -> BN-ReLU. Features [B, 64k, T/4]
+    (T/8 with a stride-2 stem)."""
 
     def __init__(self, depth: int, widen: int, num_channels: int, num_classes: int, cfg):
         if (depth - 4) % 6 or depth < 10:
             raise ValueError(f"WRN depth={depth} must be 6n+4 with n >= 1 (e.g. 16, 22, 28)")
         check_odd_kernel(cfg.kernel_size)
+        if cfg.wrn_stem_stride < 1:
+            raise ValueError(f"cnn.wrn_stem_stride={cfg.wrn_stem_stride} must be >= 1")
         widths = (16 * widen, 32 * widen, 64 * widen)
         super().__init__(num_channels, num_classes, feature_dim=widths[-1])
         self.cfg, self.depth, self.widen = cfg, depth, widen
         n, k = (depth - 4) // 6, cfg.kernel_size
-        layers, c = [same_conv(num_channels, 16, k)], 16
-        for width, stride in zip(widths, self.strides):
+        self.strides = (cfg.wrn_stem_stride, 1, 2, 2)      # stem, then the three groups
+        layers, c = [same_conv(num_channels, 16, k, cfg.wrn_stem_stride)], 16
+        for width, stride in zip(widths, self.strides[1:]):
             for i in range(n):
                 layers.append(PreActBlock(c, width, stride if i == 0 else 1, k, cfg.dropout))
                 c = width

@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import distill
 from kd.checkpoint import CheckpointError, read_checkpoint, save_model
 from kd.config import load_config
+from kd.data import build_splits
 from kd.engine import NonFiniteLoss, StageSpec, fit
-from kd.pipeline import RunDirError, make_accelerator, prepare_run_dir
+from kd.pipeline import RunDirError, load_teacher, make_accelerator, prepare_run_dir
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,6 +110,17 @@ def test_teacher_checkpoint_that_does_not_fit_the_data(tmp_path, text_cache):
         distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={tmp_path / 'v'}",
                       f"text.cache_dir={text_cache}", "stage=student", "teacher.text_guidance=false",
                       "teacher.vqshape.dim=16", f"teacher.checkpoint={teacher_run / 'teacher'}"])
+    # A checkpoint written before a config key existed loads: the key takes its default.
+    meta_path = teacher_run / "teacher" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["teacher"]["cnn"]["wrn_stem_stride"]
+    meta_path.write_text(json.dumps(meta))
+    cfg = load_config(teacher_run / "config.yaml")
+    expect = OmegaConf.to_container(cfg.teacher, resolve=True)
+    load_teacher(teacher_run / "teacher", build_splits(cfg.data), expect=expect)
+    expect["cnn"]["wrn_stem_stride"] = 2
+    with pytest.raises(CheckpointError, match="teacher.cnn.wrn_stem_stride: checkpoint 1 vs config 2"):
+        load_teacher(teacher_run / "teacher", build_splits(cfg.data), expect=expect)
     with pytest.raises(CheckpointError, match="stage=student needs a teacher checkpoint"):
         distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={tmp_path / 'u'}",
                       f"text.cache_dir={text_cache}", "stage=student"])

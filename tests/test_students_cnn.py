@@ -116,6 +116,17 @@ def test_bad_input_errors_name_the_problem():
         wrn16_1(6, 7, CNNConfig(kernel_size=4))
     with pytest.raises(ValueError, match="depth=15 must be 6n\\+4"):
         WRN1d(15, 1, 6, 7, CFG)
+    with pytest.raises(ValueError, match="wrn_stem_stride=0 must be >= 1"):
+        wrn16_1(6, 7, CNNConfig(wrn_stem_stride=0))
+
+
+@pytest.mark.parametrize("T", [512, 500])
+def test_wrn_stem_stride_halves_every_later_length(T):
+    base, strided = wrn16_1(6, 7, CFG), wrn16_1(6, 7, CNNConfig(wrn_stem_stride=2))
+    assert param_count(base) == param_count(strided)
+    feats = strided.encode(torch.randn(2, 6, T))
+    assert feats.shape == (2, 64, strided.feature_length(T)) and strided.feature_length(T) == math.ceil(T / 8)
+    assert base.feature_length(T) == math.ceil(T / 4)
 
 
 def toy_problem(n=64, C=3, T=128):
