@@ -22,12 +22,20 @@ from kd.data import resample
 from kd.metrics import classification_report
 from kd.workspace import Workspace
 from students import build_student
+from students.fused import FusedCNN
+from students.resnet import ResNet1d
+from students.wrn import WRN1d
 
 
 class Predictor(nn.Module):
-    """An exported student (+ its workspace read-out with the learned slot prior)."""
+    """An exported student (+ its workspace read-out with the learned slot prior).
 
-    def __init__(self, path: Union[str, Path]):
+    fused: run the inference form (students/fused.py: BatchNorm folded, channels-last convs,
+    the read-out's constants precomputed; equal to the eager model within float rounding).
+    None = fused for CNN students, eager for the VQShape student (which has no fused form).
+    """
+
+    def __init__(self, path: Union[str, Path], fused: Optional[bool] = None):
         super().__init__()
         state, meta = read_checkpoint(path)
         if meta.get("role") not in ("student", "baseline"):
@@ -46,6 +54,13 @@ class Predictor(nn.Module):
             self.model["workspace"] = Workspace(cfg.kd.workspace, [tuple(s) for s in meta["workspace_sources"]], D, L)
         load_weights(self.model, state, str(path))
         self.eval()
+        cnn = isinstance(self.model["student"], (WRN1d, ResNet1d))
+        if fused and not cnn:
+            raise ValueError(f"fused=True: the {meta['arch']!r} student has no fused form (use fused=None or False)")
+        self.fused = None
+        if cnn and fused is not False:
+            readout = self.model["workspace"].prior_readout() if "workspace" in self.model else None
+            self.fused = FusedCNN(self.model["student"], readout)
 
     def prepare(self, x: Union[np.ndarray, torch.Tensor], layout: str = "NCT") -> torch.Tensor:
         """Array [N, C, T] (or [N, T, C] with layout='NTC') -> float32 [N, C, length]."""
@@ -61,6 +76,8 @@ class Predictor(nn.Module):
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        if self.fused is not None:
+            return torch.cat([self.fused(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         ws = self.model["workspace"] if "workspace" in self.model else None
         mix = (lambda f: ws(f, None)[0]) if ws is not None else None
         return torch.cat([self.model["student"](x[i:i + batch_size], mix=mix)["logits"]
@@ -75,18 +92,20 @@ def main(argv: Optional[List[str]] = None) -> dict:
     p.add_argument("--model", required=True, help="exported student directory")
     p.add_argument("--npz", required=True, help="file with X (and optionally y)")
     p.add_argument("--layout", default="NTC", choices=["NTC", "NCT"])
+    p.add_argument("--eager", action="store_true", help="run the eager modules, not the fused inference form")
     args = p.parse_args(argv)
     if not Path(args.npz).is_file():
         raise FileNotFoundError(f"--npz {args.npz!r} does not exist")
     data = np.load(args.npz, allow_pickle=False)
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, fused=False if args.eager else None)
     logits = predictor.logits(predictor.prepare(data["X"], args.layout))
     pred = logits.argmax(-1).numpy()
     out = {"predictions": [predictor.class_names[i] for i in pred]}
     if "y" in data:
         rep = classification_report(data["y"], pred, predictor.class_names)
         out.update(accuracy=rep["accuracy"], macro_f1=rep["macro_f1"])
-    print(json.dumps({k: v for k, v in out.items() if k != "predictions"} | {"n": len(pred)}))
+    form = "fused" if predictor.fused is not None else "eager"
+    print(json.dumps({k: v for k, v in out.items() if k != "predictions"} | {"n": len(pred), "form": form}))
     return out
 
 

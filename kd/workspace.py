@@ -106,6 +106,10 @@ class Workspace(nn.Module):
         read, kts = self.read.forward_with_weights(self.student_norm(x), slots)  # (B, L, D), (B, L, S)
         return (x + read).transpose(1, 2), {"kts": kts, "kis": kis}
 
+    def prior_readout(self) -> "PriorReadout":
+        """The inference path's read-out (slots = the learned prior) with its constants folded."""
+        return PriorReadout(self)
+
     def alignment(self, info: Dict) -> Tuple[torch.Tensor, torch.Tensor]:
         """-> (L_align = sum_i MSE(KTS, KIS_i), distances d_i (S_src,) with gradient)."""
         d = torch.stack([F.mse_loss(info["kts"].float(), info["kis"][n].float()) for n in self.names])
@@ -118,3 +122,40 @@ class Workspace(nn.Module):
 
     def source_names(self) -> List[str]:
         return list(self.names)
+
+
+class PriorReadout(nn.Module):
+    """tokens (B, L, D) -> tokens + read-out from the learned slot prior, in two matmuls.
+
+    With constant slots, each head's keys K_h and values V_h (S, hd) are constants, so
+        logits_h = (LN(x) W_q,h^T + b_q,h) K_h^T / sqrt(hd) = LN(x) A_h + c_h
+        read     = sum_h softmax(logits_h) (V_h W_out,h^T) + b_out
+    with A_h = W_q,h^T K_h^T / sqrt(hd) (D, S), c_h = b_q,h K_h^T / sqrt(hd) and V_h W_out,h^T
+    (S, D) precomputed once. Equal to `Workspace.forward(feats, None)` within float rounding.
+    """
+
+    def __init__(self, ws: Workspace):
+        super().__init__()
+        attn, prior = ws.read, ws.slot_prior.detach()                        # prior (1, S, D)
+        S, D = prior.shape[1:]
+        h, hd = attn.heads, D // attn.heads
+        with torch.no_grad():
+            _, k, v = attn.project(prior, prior)                             # each (1, h, S, hd)
+            wq, bq = attn.qkv.weight[:D].view(h, hd, D), attn.qkv.bias[:D].view(h, 1, hd)
+            a = wq.transpose(1, 2) @ k[0].transpose(1, 2) * hd ** -0.5         # (h, D, S)
+            c = bq @ k[0].transpose(1, 2) * hd ** -0.5                         # (h, 1, S)
+            w_out = attn.out.weight.view(D, h, hd).permute(1, 2, 0)           # (h, hd, D)
+            vo = v[0] @ w_out                                                 # (h, S, D)
+        self.heads, self.slots = h, S
+        self.norm = ws.student_norm
+        self.register_buffer("logit_weight", a.permute(1, 0, 2).reshape(D, h * S).clone())
+        self.register_buffer("logit_bias", c.reshape(h * S).clone())
+        self.register_buffer("values", vo.reshape(h * S, D).clone())
+        self.register_buffer("out_bias", attn.out.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        logits = torch.addmm(self.logit_bias, self.norm(x).reshape(B * L, D), self.logit_weight)
+        attn = logits.view(B * L, self.heads, self.slots).softmax(dim=-1)    # per head, over slots
+        read = torch.addmm(self.out_bias, attn.view(B * L, -1), self.values)  # (B*L, D)
+        return x + read.view(B, L, D)
