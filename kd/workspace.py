@@ -106,6 +106,11 @@ class Workspace(nn.Module):
         read, kts = self.read.forward_with_weights(self.student_norm(x), slots)  # (B, L, D), (B, L, S)
         return (x + read).transpose(1, 2), {"kts": kts, "kis": kis}
 
+    def readout_param_count(self) -> int:
+        """Parameters the inference path uses: the slot prior, the student-side norm and the read
+        attention (the source projectors, slot updates and GRU serve training only)."""
+        return self.slot_prior.numel() + sum(p.numel() for m in (self.student_norm, self.read) for p in m.parameters())
+
     def prior_readout(self) -> "PriorReadout":
         """The inference path's read-out (slots = the learned prior) with its constants folded."""
         return PriorReadout(self)
@@ -122,6 +127,13 @@ class Workspace(nn.Module):
 
     def source_names(self) -> List[str]:
         return list(self.names)
+
+
+def small_softmax(x: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim, written out: on CPU, torch.softmax over a short last dim (the 8
+    slots) is ~4x slower than these three ops (experiments/BENCHMARKS.md §2)."""
+    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
 
 
 class PriorReadout(nn.Module):
@@ -156,6 +168,6 @@ class PriorReadout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
         logits = torch.addmm(self.logit_bias, self.norm(x).reshape(B * L, D), self.logit_weight)
-        attn = logits.view(B * L, self.heads, self.slots).softmax(dim=-1)    # per head, over slots
+        attn = small_softmax(logits.view(B * L, self.heads, self.slots))     # per head, over slots
         read = torch.addmm(self.out_bias, attn.view(B * L, -1), self.values)  # (B*L, D)
         return x + read.view(B, L, D)

@@ -37,24 +37,34 @@ def bn_affine(bn: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
     return scale.detach(), shift.detach()
 
 
-class Affine(nn.Module):
+class Step:
+    """A fused piece of the network: plain tensors in plain attributes, because nn.Module's
+    attribute lookup (buffers, submodules) cost ~50 us per window across the WRN's ~40 reads."""
+
+    def apply_(self, fn) -> None:
+        """Map every tensor it holds through fn (how FusedCNN.to() / .double() reach it)."""
+        for name, value in vars(self).items():
+            if torch.is_tensor(value):
+                setattr(self, name, fn(value))
+            elif isinstance(value, Step):
+                value.apply_(fn)
+
+
+class Affine(Step):
     """Per-channel x * scale + shift on [B, C, 1, T] (a BatchNorm with nothing to fold into)."""
 
     def __init__(self, bn: nn.BatchNorm1d):
-        super().__init__()
         scale, shift = bn_affine(bn)
-        self.register_buffer("scale", scale.view(1, -1, 1, 1).clone())
-        self.register_buffer("shift", shift.view(1, -1, 1, 1).clone())
+        self.scale, self.shift = scale.view(1, -1, 1, 1).clone(), shift.view(1, -1, 1, 1).clone()
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, x, self.scale)
 
 
-class Conv(nn.Module):
+class Conv(Step):
     """A Conv1d (+ the BatchNorm right after it, folded in) as a channels-last Conv2d over [B, C, 1, T]."""
 
     def __init__(self, conv: nn.Conv1d, bn: Optional[nn.BatchNorm1d] = None):
-        super().__init__()
         if conv.groups != 1 or conv.dilation != (1,) or conv.padding_mode != "zeros":
             raise ValueError(f"cannot fuse {conv}: only zero-padded, ungrouped, undilated Conv1d")
         w = conv.weight.detach()                                              # (O, I, k)
@@ -62,19 +72,18 @@ class Conv(nn.Module):
         if bn is not None:
             scale, shift = bn_affine(bn)
             w, b = w * scale[:, None, None], shift + (0.0 if b is None else b * scale)
-        self.register_buffer("weight", w.unsqueeze(2).contiguous(memory_format=CL))   # (O, I, 1, k)
-        self.register_buffer("bias", None if b is None else b.clone())
+        self.weight = w.unsqueeze(2).contiguous(memory_format=CL)             # (O, I, 1, k)
+        self.bias = None if b is None else b.clone()
         self.stride, self.padding = (1, conv.stride[0]), (0, conv.padding[0])
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
 
-class FusedPreAct(nn.Module):
+class FusedPreAct(Step):
     """WRN block: relu(bn1(x)) -> [conv1 + bn2 folded] -> relu -> conv2, plus the shortcut."""
 
     def __init__(self, block: PreActBlock):
-        super().__init__()
         self.pre = Affine(block.bn1)
         self.conv1, self.conv2 = Conv(block.conv1, block.bn2), Conv(block.conv2)
         self.shortcut = None if block.shortcut is None else Conv(block.shortcut)
@@ -85,11 +94,10 @@ class FusedPreAct(nn.Module):
         return self.conv2.run(self.conv1.run(o).relu_()).add_(skip)
 
 
-class FusedBasic(nn.Module):
+class FusedBasic(Step):
     """ResNet block: relu([conv1+bn1](x)) -> [conv2+bn2] + [shortcut conv+bn or x] -> relu."""
 
     def __init__(self, block: BasicBlock):
-        super().__init__()
         self.conv1, self.conv2 = Conv(block.conv1, block.bn1), Conv(block.conv2, block.bn2)
         self.shortcut = None if isinstance(block.shortcut, nn.Identity) else Conv(*block.shortcut)
 
@@ -98,7 +106,7 @@ class FusedBasic(nn.Module):
         return self.conv2.run(self.conv1.run(x).relu_()).add_(skip).relu_()
 
 
-def fuse_body(body: nn.Sequential) -> List[Tuple[nn.Module, bool]]:
+def fuse_body(body: nn.Sequential) -> List[Tuple[Step, bool]]:
     """The student's body as [(fused step, relu after it)]: Conv1d [+ BatchNorm1d] [+ ReLU],
     a lone BatchNorm1d [+ ReLU], or a residual block."""
     mods, steps, i = list(body), [], 0
@@ -134,9 +142,7 @@ class FusedCNN(nn.Module):
             raise TypeError(f"FusedCNN fuses WRN1d and ResNet1d students, not {type(student).__name__}")
         self.num_channels = student.num_channels
         self.input_norm = Affine(student.input_norm)
-        steps = fuse_body(student.body)
-        self.steps = nn.ModuleList(s for s, _ in steps)
-        self.relu_after = [r for _, r in steps]
+        self.steps = fuse_body(student.body)                                   # [(Step, relu after it)]
         self.readout = readout
         self.register_buffer("head_weight", student.head.weight.detach().clone())
         self.register_buffer("head_bias", student.head.bias.detach().clone())
@@ -147,7 +153,7 @@ class FusedCNN(nn.Module):
         check_rank(x, [None, self.num_channels, None])
         check_finite_input(x)
         h = self.input_norm.run(x.unsqueeze(2).contiguous(memory_format=CL))   # (B, C, 1, T)
-        for step, relu in zip(self.steps, self.relu_after):
+        for step, relu in self.steps:
             h = step.run(h)
             if relu:
                 h = h.relu_()
@@ -155,3 +161,9 @@ class FusedCNN(nn.Module):
             tokens = h.permute(0, 2, 3, 1).flatten(1, 2)                         # (B, L, D), a view
             return F.linear(self.readout(tokens).mean(dim=1), self.head_weight, self.head_bias)
         return F.linear(h.mean(dim=(2, 3)), self.head_weight, self.head_bias)
+
+    def _apply(self, fn, recurse: bool = True):
+        """.to() / .double() / ... also reach the steps' plain tensors."""
+        for step in (self.input_norm, *(s for s, _ in self.steps)):
+            step.apply_(fn)
+        return super()._apply(fn, recurse)

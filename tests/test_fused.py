@@ -100,3 +100,36 @@ def test_what_cannot_be_fused_is_refused():
         fuse_body(nn.Sequential(nn.Conv1d(6, 8, 3, padding=1), nn.GELU()))
     with pytest.raises(ValueError, match="only zero-padded, ungrouped, undilated"):
         fuse_body(nn.Sequential(nn.Conv1d(6, 8, 3, padding=2, dilation=2)))
+
+
+def test_inference_needs_exactly_the_counted_readout_parameters():
+    """Workspace.readout_param_count() counts the prior, the student norm and the read attention:
+    changing any other workspace parameter leaves inference unchanged, changing those does not."""
+    model = trained_like(wrn16_1(6, 7, CNNConfig()))
+    ws = workspace_for(model)
+    x = torch.randn(2, 6, 512)
+    infer = lambda: FusedCNN(model, ws.prior_readout())(x)               # noqa: E731
+    ref = infer()
+    used = {"slot_prior"} | {f"student_norm.{n}" for n, _ in ws.student_norm.named_parameters()} \
+        | {f"read.{n}" for n, _ in ws.read.named_parameters()}
+    assert ws.readout_param_count() == sum(p.numel() for n, p in ws.named_parameters() if n in used)
+    with torch.no_grad():
+        for n, p in ws.named_parameters():
+            if n not in used:
+                p.add_(torch.randn_like(p))
+        torch.testing.assert_close(infer(), ref, atol=0, rtol=0)
+        ws.read.qkv.weight.add_(torch.randn_like(ws.read.qkv.weight))
+    assert (infer() - ref).abs().max() > 1e-3
+
+
+def test_moving_the_fused_form_moves_every_step():
+    """FusedCNN.double() converts the steps' plain tensors too (a missed one would raise a dtype error)."""
+    model = trained_like(wrn16_1(6, 7, CNNConfig()))
+    ws = workspace_for(model)
+    fused = FusedCNN(model, ws.prior_readout()).double()
+    x = torch.randn(2, 6, 512, dtype=torch.float64)
+    with torch.no_grad():
+        ref = model.double()(x, mix=lambda f: ws.double()(f, None)[0])["logits"]
+    out = fused(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)          # folded in float32, then cast
