@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 ROLES = ("teacher", "student", "baseline")
-METRICS = ("accuracy", "macro_f1", "params", "train_wall_s", "recovery", "recovery_chance")
+METRICS = ("accuracy", "macro_f1", "params", "params_inference", "train_wall_s", "recovery", "recovery_chance")
 CURVE_PREFIXES = ("train/loss_", "train/coef_", "train/dist_", "val/")
 
 
@@ -68,7 +68,7 @@ def load_curves(run_dir: Path, stage: str) -> Dict[str, List]:
 
 
 def fmt(values: List[float], metric: str) -> str:
-    if metric == "params":
+    if metric in ("params", "params_inference"):
         return f"{statistics.mean(values) / 1e6:.3f} M"
     if metric == "train_wall_s":
         return f"{statistics.mean(values):.0f} s"

@@ -88,7 +88,8 @@ def prepare_run_dir(cfg, accel: Accelerator) -> Path:
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.yaml"
     if saved.is_file() and not cfg.overwrite:
-        old = comparable(OmegaConf.load(saved))
+        # through today's schema: a key added since that run takes its default (its old behaviour)
+        old = comparable(config_from_dict(OmegaConf.to_container(OmegaConf.load(saved))))
         new = comparable(cfg)
         if old != new:
             diff = sorted(diff_keys(old, new))
@@ -397,8 +398,11 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
         model = nn.ModuleDict({"student": distiller.student})
         if distiller.workspace is not None:
             model["workspace"] = distiller.workspace
+        inference = param_count(distiller.student) + (distiller.workspace.readout_param_count()
+                                                     if distiller.workspace is not None else 0)
         out[role] = test_report(cfg, splits, distiller.predict, model,
-                                {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0})
+                                {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0,
+                                 "params_inference": inference})
         if score is not None and role == "student" and distiller.has_action_tokens():
             from kd.recovery import student_tokens
             out[role]["subaction_recovery"] = score(student_tokens(distiller.eval()))

@@ -37,6 +37,8 @@ def test_every_pairing_runs_a_few_steps(config, tmp_path, text_cache):
     for role in roles:
         r = results[role]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["params"] > 0
+        if role != "teacher":                       # the workspace's training-only parts excluded
+            assert 0 < r["params_inference"] <= r["params"]
         assert r["n"] == results["data"]["windows"]["test"]                     # every test window once
         assert np.array(r["confusion"]).sum() == r["n"]
         assert (run_dir / role / "model.safetensors").is_file()

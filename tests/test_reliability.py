@@ -134,6 +134,14 @@ def test_run_dir_of_another_config_is_refused(tmp_path):
         prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2"]), accel)
     prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=1", "stage=teacher", "resume=true"]), accel)
     prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2", "overwrite=true"]), accel)
+    # a run dir written before a key existed: the key takes its default, which is no difference
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    del saved.student.cnn.wrn_stem_stride
+    OmegaConf.save(saved, tmp_path / "config.yaml")
+    prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2"]), accel)
+    with pytest.raises(RunDirError, match=r"differs at \['student.cnn.wrn_stem_stride'\]"):
+        prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2", "student.cnn.wrn_stem_stride=2"]),
+                        accel)
 
 
 # ----------------------------------------------------------------------------- whole runs in subprocesses
