@@ -92,7 +92,7 @@ def prepare_run_dir(cfg, accel: Accelerator) -> Path:
         old = comparable(config_from_dict(OmegaConf.to_container(OmegaConf.load(saved))))
         new = comparable(cfg)
         if old != new:
-            diff = sorted(diff_keys(old, new))
+            diff = sorted(k for k, _, _ in config_diffs(old, new))
             raise RunDirError(f"run_dir {str(run_dir)!r} holds outputs of another config (differs at "
                               f"{diff[:8]}); choose another run_dir or pass overwrite=true")
     if accel.is_main_process:
@@ -102,12 +102,13 @@ def prepare_run_dir(cfg, accel: Accelerator) -> Path:
     return run_dir
 
 
-def diff_keys(a, b, prefix: str = ""):
+def config_diffs(a, b, prefix: str = ""):
+    """(dotted key, value in a, value in b) for every leaf where two nested config dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in set(a) | set(b):
-            yield from diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+            yield from config_diffs(a.get(k), b.get(k), f"{prefix}{k}.")
     elif a != b:
-        yield prefix.rstrip(".")
+        yield prefix.rstrip("."), a, b
 
 
 # ----------------------------------------------------------------------------- text
@@ -127,20 +128,6 @@ def teacher_dir(cfg) -> Path:
     return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else Path(cfg.run_dir) / "teacher"
 
 
-def teacher_config_diffs(saved: Dict, wanted: Dict, prefix: str = "teacher") -> list:
-    """'key: checkpoint A vs config B' for every teacher setting that differs (teacher.checkpoint aside)."""
-    diffs = []
-    for k in sorted(set(saved) | set(wanted)):
-        if prefix == "teacher" and k == "checkpoint":
-            continue
-        a, b = saved.get(k), wanted.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += teacher_config_diffs(a, b, f"{prefix}.{k}")
-        elif a != b:
-            diffs.append(f"{prefix}.{k}: checkpoint {a!r} vs config {b!r}")
-    return diffs
-
-
 def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.Module, Dict]:
     """Rebuild a teacher from its own saved config and check it fits the data (and, with `expect`,
     the pairing's `teacher` config section)."""
@@ -151,7 +138,8 @@ def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.
     # The saved config read through today's schema: a key added since the checkpoint was written
     # takes its default, which keeps the behaviour from before the key existed.
     saved = OmegaConf.to_container(tcfg, resolve=True)
-    diffs = teacher_config_diffs(saved, expect) if expect is not None else []
+    found = sorted(config_diffs(saved, expect), key=lambda d: d[0]) if expect is not None else []
+    diffs = [f"teacher.{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in found if k != "checkpoint"]
     if meta["num_channels"] != splits.num_channels:
         diffs.append(f"channels: checkpoint {meta['num_channels']} vs data {splits.num_channels}")
     if meta["class_names"] != list(splits.class_names):

@@ -22,9 +22,7 @@ from kd.data import resample
 from kd.metrics import classification_report
 from kd.workspace import Workspace
 from students import build_student
-from students.fused import FusedCNN
-from students.resnet import ResNet1d
-from students.wrn import WRN1d
+from students.fused import FUSABLE, FusedCNN
 
 
 class Predictor(nn.Module):
@@ -54,7 +52,7 @@ class Predictor(nn.Module):
             self.model["workspace"] = Workspace(cfg.kd.workspace, [tuple(s) for s in meta["workspace_sources"]], D, L)
         load_weights(self.model, state, str(path))
         self.eval()
-        cnn = isinstance(self.model["student"], (WRN1d, ResNet1d))
+        cnn = isinstance(self.model["student"], FUSABLE)
         if fused and not cnn:
             raise ValueError(f"fused=True: the {meta['arch']!r} student has no fused form (use fused=None or False)")
         self.fused = None

@@ -26,6 +26,7 @@ from students.wrn import PreActBlock, WRN1d
 from teachers.layers import check_finite_input, check_rank
 
 CL = torch.channels_last
+FUSABLE = (WRN1d, ResNet1d)          # the student classes FusedCNN has rules for
 
 
 def bn_affine(bn: nn.BatchNorm1d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +139,7 @@ class FusedCNN(nn.Module):
 
     def __init__(self, student: CNNStudent, readout: Optional[nn.Module] = None):
         super().__init__()
-        if not isinstance(student, (WRN1d, ResNet1d)):
+        if not isinstance(student, FUSABLE):
             raise TypeError(f"FusedCNN fuses WRN1d and ResNet1d students, not {type(student).__name__}")
         self.num_channels = student.num_channels
         self.input_norm = Affine(student.input_norm)
