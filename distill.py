@@ -23,6 +23,10 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
+def health_summary(health: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in health.items() if k != "collapse_reasons"}
+
+
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides)
@@ -32,9 +36,15 @@ def main(argv=None) -> dict:
     if PartialState().is_main_process:
         summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
                    for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
+        health = results.get("teacher", {}).get("health")
         print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1),
                           "peak_rss_mb": round(results["peak_rss_mb"]),
-                          "cpu_threads_per_process": results["cpu_threads_per_process"]}, indent=2))
+                          "cpu_threads_per_process": results["cpu_threads_per_process"],
+                          **({"teacher_health": health_summary(health)} if health else {})}, indent=2))
+        if health and health["collapsed"]:
+            print("!!! WARNING: the teacher's tokens have COLLAPSED (" + "; ".join(health["collapse_reasons"])
+                  + "): what it gives the student is close to a constant. See teacher/shapes.png and "
+                  "teacher/token_windows.png. !!!")
     end_processes()
     return results
 

@@ -106,6 +106,25 @@ class VQShapeConfig:
     head_channel_stats: bool = True
     head_hidden: int = 128
     ce_class_weighted: bool = False
+    # Health options (teachers/health.py; experiments/teacher_health.md has the before/after figures).
+    pos_init_std: float = 1.0         # patch positions ~ N(0, std^2); 1 = the official nn.Embedding init
+    decoder_cls_token: bool = True    # the official patch decoder prepends a learned class token
+    # "normalized": L_x and L_s on the instance-normalised series (the official code z-normalises every
+    # series before the model, so its losses are on this scale); "input": on the raw sensor scale,
+    # where a channel's weight is its variance.
+    loss_scale: str = "normalized"
+    # Extra shape loss MSE(s, znorm(target)) on the decoded shape itself: the scale sigma cannot hide a
+    # shape that does not follow its subsequence from it (0 = the official recipe).
+    lambda_shape_norm: float = 0.0
+    # The classification head reads detached attribute tokens: cross-entropy trains the head only and
+    # cannot drag spans and shapes onto one discriminative spot.
+    head_detach: bool = False
+    # "data": codes start at encoder outputs of the first batch (the official uniform(+-1/K) init puts
+    # them all near the origin, where they decode to one shape); "uniform": the official init.
+    codebook_init: str = "uniform"
+    # > 0: a code whose usage (EMA of the tokens it quantises per step) falls below this is moved onto
+    # a random encoder output (dead-code replacement); 0 = off (the official recipe).
+    dead_code_threshold: float = 0.0
 
 
 @dataclass
@@ -210,7 +229,10 @@ class KDConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 30                  # student stage (and the no-teacher baseline)
-    teacher_epochs: int = 20          # teacher stage
+    teacher_epochs: int = 20          # teacher stage (all its terms)
+    # Self-supervised teacher epochs (L_x, L_vq, L_s, L_div only) before the teacher stage, as VQShape
+    # is pretrained before its tokens are used: reconstruction starts before supervision arrives.
+    teacher_ssl_epochs: int = 0
     max_steps: Optional[int] = None   # caps the optimizer steps of every stage (quick runs); None = no cap
     lr: float = 2e-3
     teacher_lr: float = 1e-3
@@ -251,6 +273,10 @@ CHOICES = {
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
+    "teacher.vqshape.loss_scale": ("normalized", "input"),
+    "student.vqshape.loss_scale": ("normalized", "input"),
+    "teacher.vqshape.codebook_init": ("uniform", "data"),
+    "student.vqshape.codebook_init": ("uniform", "data"),
 }
 
 

@@ -21,15 +21,23 @@ KD_LOSSES = tuple(LOSSES)            # every KD loss the config can switch on
 TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
 
 
-class TeacherTask(nn.Module):
-    """Wraps a model that trains on its own losses (a teacher, or a no-teacher baseline)."""
+# VQShape's own terms: the self-supervised phase of a teacher trains on these only.
+SELF_SUPERVISED = ("x", "vq", "s", "div", "shape")
 
-    def __init__(self, model: nn.Module):
+
+class TeacherTask(nn.Module):
+    """Wraps a model that trains on its own losses (a teacher, or a no-teacher baseline).
+    self_supervised: keep only the SELF_SUPERVISED terms (a VQShape teacher's first phase)."""
+
+    def __init__(self, model: nn.Module, self_supervised: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.self_supervised = model, self_supervised
 
     def forward(self, batch: Dict, teacher_out: Optional[Dict] = None) -> Tuple[Dict, Dict]:
-        return self.model.losses(self.model.fit_forward(batch), batch["y"]), {}
+        terms = self.model.losses(self.model.fit_forward(batch), batch["y"])
+        if self.self_supervised:
+            terms = {k: v for k, v in terms.items() if k in SELF_SUPERVISED}
+        return terms, {}
 
     def predict(self, batch: Dict) -> torch.Tensor:
         return self.model.predict(batch["x"])

@@ -187,9 +187,15 @@ def train_teacher(cfg, splits, text, bank, run_dir: Path) -> Tuple[nn.Module, Di
     teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), text)
     if hasattr(teacher, "set_class_weights"):
         teacher.set_class_weights(torch.as_tensor(np.bincount(splits.train.labels, minlength=len(splits.class_names))))
+    summary = {}
+    if cfg.train.teacher_ssl_epochs > 0:  # its own stage: own schedule, state dir and TensorBoard run
+        spec = StageSpec("teacher_ssl", cfg.train.teacher_ssl_epochs, cfg.train.teacher_lr)
+        summary["ssl"] = fit(accel, cfg, spec, TeacherTask(teacher, self_supervised=True), splits.train,
+                             splits.val, splits.class_names, run_dir)
+        accel = make_accelerator(cfg)
     task = TeacherTask(teacher)
     spec = StageSpec("teacher", cfg.train.teacher_epochs, cfg.train.teacher_lr)
-    summary = fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir)
+    summary.update(fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir))
     teacher = freeze(accel.unwrap_model(task).model)
     if accel.is_main_process:
         save_model(teacher_dir(cfg), teacher, teacher_meta(cfg, splits, bank),
@@ -345,6 +351,16 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     return teacher, meta, report
 
 
+def teacher_health(teacher, splits, state: PartialState) -> Dict:
+    """Health figures of a VQShape teacher on the held-out windows (teachers/health.py), with a loud
+    warning in the log when its tokens have collapsed."""
+    from teachers.health import format_health, health_report
+    report = health_report(teacher, splits.test)
+    state.print(("[teacher] health: " if not report["collapsed"] else "[teacher] WARNING health: ")
+                + format_health(report))
+    return report
+
+
 def recovery_scorer(cfg, splits, t_meta: Optional[Dict]):
     """token_fn -> sub-action recovery on the test split, when the data are synthetic and the teacher
     has sub-actions; else None."""
@@ -359,6 +375,8 @@ def recovery_scorer(cfg, splits, t_meta: Optional[Dict]):
 
 def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
+    if hasattr(teacher, "codebook"):
+        report["health"] = teacher_health(teacher, splits, PartialState())
     score = recovery_scorer(cfg, splits, t_meta)
     if score is not None:
         from kd.recovery import teacher_tokens

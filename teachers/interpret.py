@@ -1,6 +1,7 @@
-"""Interpretability artefacts written with every VQShape teacher: a gallery of the decoded
-shapes of the used codes (with usage counts), the code x sub-action matrix from the action
-decoder, and code-usage statistics (codes used, perplexity)."""
+"""Interpretability artefacts written with every VQShape teacher: a gallery of the distinct
+decoded shapes of the used codes (with usage counts), held-out windows with every token's shape
+drawn at its span, the code x sub-action matrix from the action decoder, and code-usage
+statistics (codes used, perplexity)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
+
+from teachers.health import shape_clusters  # noqa: E402
 
 MAX_GALLERY = 64
 
@@ -36,19 +39,56 @@ def usage_stats(counts: torch.Tensor) -> Dict:
 
 @torch.no_grad()
 def shape_gallery(teacher, counts: torch.Tensor, path: Path) -> None:
-    used = counts.argsort(descending=True)[: min(MAX_GALLERY, int((counts > 0).sum()))]
+    """One panel per distinct shape (teachers/health.py clusters at Pearson r > 0.9): the leader's
+    decoded shape, the tokens of the whole cluster and how many codes it holds."""
+    used = counts.nonzero().flatten()
     shapes = teacher.shape_decoder.decode(teacher.codebook.weight[used]).cpu()   # (U, len_s)
+    label = shape_clusters(shapes, counts[used])
+    n_clusters = int(label.max()) + 1 if len(used) else 0
+    tokens = torch.zeros(n_clusters, dtype=torch.long).index_add_(0, label, counts[used])
+    order = tokens.argsort(descending=True)[:MAX_GALLERY]
     cols = 8
-    rows = max(1, math.ceil(len(used) / cols))
+    rows = max(1, math.ceil(len(order) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2 * cols, 1.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, code, s in zip(axes.flat, used.tolist(), shapes):
-        ax.plot(s.numpy(), lw=1)
-        ax.set_title(f"code {code}: n={int(counts[code])}", fontsize=7)
-    fig.suptitle(f"Decoded shapes of the {len(used)} most used codes (of {int((counts > 0).sum())} used)")
+    for ax, c in zip(axes.flat, order.tolist()):
+        members = (label == c).nonzero().flatten()
+        lead = members[counts[used][members].argmax()]
+        ax.plot(shapes[lead].numpy(), lw=1)
+        ax.set_title(f"code {int(used[lead])} (+{len(members) - 1}): n={int(tokens[c])}", fontsize=7)
+    fig.suptitle(f"{n_clusters} distinct decoded shapes (Pearson r > 0.9 clusters) of the {len(used)} used codes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def token_windows(teacher, dataset, class_names, path: Path, windows: int = 4) -> None:
+    """Held-out windows (spread over the split), one row each, on the channel with the largest
+    variance: the signal, and every token's scaled decoded shape drawn over it at its span
+    [t, t + l], coloured by code. A teacher whose rows all look alike has collapsed."""
+    picks = torch.linspace(0, len(dataset) - 1, min(windows, len(dataset))).long().tolist()
+    x = torch.stack([dataset[i]["x"] for i in picks])                       # (W, C, T)
+    out = teacher(x, keys="vocab", reconstruct=True)
+    C, T = x.shape[1], x.shape[2]
+    fig, axes = plt.subplots(len(picks), 1, figsize=(12, 2.2 * len(picks)), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for row, ax in enumerate(axes[:, 0]):
+        c = int(x[row].var(dim=-1).argmax())
+        s = row * C + c                                                     # series index (B*C folded)
+        ax.plot(range(T), x[row, c].numpy(), color="0.6", lw=1, label=f"channel {c}")
+        for tok in range(out["t"].shape[1]):
+            t0, l0 = float(out["t"][s, tok]), float(out["l"][s, tok])
+            end = min(t0 + l0, 1.0)
+            span = torch.linspace(t0 * (T - 1), end * (T - 1), out["s_hat"].shape[-1])
+            code = int(out["code_idx"][s, tok])
+            ax.plot(span.numpy(), out["s_hat"][s, tok].numpy(), color=cmap(code % 20), lw=1.2)
+        label = class_names[int(dataset[picks[row]]["y"])]
+        ax.set_title(f"held-out window {picks[row]} {label}: signal (grey) and token shapes at their spans",
+                     fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -77,7 +117,8 @@ def write_teacher_artifacts(teacher, splits, out_dir: Path, bank=None) -> Dict:
     counts = code_usage(teacher, splits.test)
     stats = usage_stats(counts)
     shape_gallery(teacher, counts, out_dir / "shapes.png")
-    files = ["shapes.png", "code_usage.json"]
+    token_windows(teacher, splits.test, splits.class_names, out_dir / "token_windows.png")
+    files = ["shapes.png", "token_windows.png", "code_usage.json"]
     if getattr(teacher, "action_decoder", None) is not None:
         texts = list(bank.vocab_texts) if bank is not None else [str(i) for i in range(teacher.M)]
         action_matrix(teacher, counts, texts, out_dir / "code_actions.png")

@@ -51,6 +51,13 @@ def disentangle_loss(t: torch.Tensor, l: torch.Tensor, threshold: float, min_len
     return F.relu(threshold - d).mean()
 
 
+def znorm_rows(s: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
+    """Rows to zero mean and unit (unbiased) std, as the shape decoder's output; std floored so a
+    flat subsequence stays flat instead of amplifying noise."""
+    s = s - s.mean(-1, keepdim=True)
+    return s / s.std(-1, keepdim=True).clamp(min=floor)
+
+
 def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*C, N, k) -> (B, C*N, k): one window's tokens, channel-major."""
     return t.reshape(batch, -1, t.shape[-1])
@@ -62,14 +69,26 @@ class ShapeCodebook(nn.Module):
 
     L_vq = mean((sg[z_q] - z_e)^2) + beta * mean((z_q - sg[z_e])^2)
            + lambda_H * (mean_tok H(p) - gamma * H(mean_tok p)),  p = softmin(||z_e - e_k||^2 / temp)
+
+    init="data": the codes are set to distinct encoder outputs of the first training batch instead of
+    the official uniform(+-1/K), which puts every code within ~1/K of the origin where the shape
+    decoder maps them all to one shape. dead_code_threshold > 0: a code whose usage (EMA over steps
+    of the tokens it quantises, decay `dead_code_decay`) falls below the threshold is moved onto a
+    random encoder output of the batch (as vector-quantize-pytorch's threshold_ema_dead_code).
     """
 
     def __init__(self, num_code: int, dim_code: int, beta: float, lambda_entropy: float,
-                 entropy_gamma: float, entropy_temp: float):
+                 entropy_gamma: float, entropy_temp: float, init: str = "uniform",
+                 dead_code_threshold: float = 0.0, dead_code_decay: float = 0.99):
         super().__init__()
+        if init not in ("uniform", "data"):
+            raise ValueError(f"codebook init must be 'uniform' or 'data', got {init!r}")
         self.beta, self.lambda_entropy = beta, lambda_entropy
         self.gamma, self.temp = entropy_gamma, entropy_temp
+        self.dead_code_threshold, self.dead_code_decay = dead_code_threshold, dead_code_decay
         self.weight = nn.Parameter(torch.empty(num_code, dim_code).uniform_(-1 / num_code, 1 / num_code))
+        self.register_buffer("initted", torch.tensor(init == "uniform"))
+        self.register_buffer("usage", torch.full((num_code,), -1.0))  # -1: no training step seen yet
 
     @property
     def num_code(self) -> int:
@@ -80,8 +99,29 @@ class ShapeCodebook(nn.Module):
         z, e = z.float(), self.weight.float()
         return z.pow(2).sum(-1, keepdim=True) + e.pow(2).sum(-1) - 2 * z @ e.t()
 
+    @torch.no_grad()
+    def init_from_(self, z: torch.Tensor) -> None:
+        """Codes <- distinct rows of z (n, dc), drawn at random (with a little noise when n < K)."""
+        self.weight.copy_(sample_rows(z, self.num_code))
+        self.initted.fill_(True)
+        sync_from_main_(self.weight)
+
+    @torch.no_grad()
+    def replace_dead_(self, z: torch.Tensor, idx: torch.Tensor) -> None:
+        counts = torch.bincount(idx, minlength=self.num_code).to(self.usage.dtype)
+        seen = self.usage >= 0
+        self.usage.copy_(torch.where(seen, self.dead_code_decay * self.usage + (1 - self.dead_code_decay) * counts,
+                                     counts.clamp(min=1.0)))
+        dead = self.usage < self.dead_code_threshold
+        if dead.any():
+            self.weight[dead] = sample_rows(z, int(dead.sum())).to(self.weight.dtype)
+            self.usage[dead] = 1.0
+            sync_from_main_(self.weight, self.usage)
+
     def forward(self, z_e: torch.Tensor):
         """z_e (n, dc) -> z_q (straight-through), idx (n,), loss, distances (n, K)."""
+        if self.training and not bool(self.initted):
+            self.init_from_(z_e.detach().float())
         d = self.distances(z_e)
         idx = d.argmin(dim=-1)
         e = self.weight[idx]
@@ -90,7 +130,25 @@ class ShapeCodebook(nn.Module):
             p = F.softmin(d / self.temp, dim=-1)
             loss = loss + self.lambda_entropy * (entropy(p).mean() - self.gamma * entropy(p.mean(0)))
         z_q = z_e + (e - z_e).detach()
+        if self.training and self.dead_code_threshold > 0:
+            self.replace_dead_(z_e.detach().float(), idx)
         return z_q, idx, loss, d
+
+
+def sample_rows(z: torch.Tensor, k: int) -> torch.Tensor:
+    """k rows of z (n, d) drawn without replacement; with replacement plus 1 % noise when n < k."""
+    if len(z) >= k:
+        return z[torch.randperm(len(z), device=z.device)[:k]]
+    rows = z[torch.randint(len(z), (k,), device=z.device)]
+    return rows + 0.01 * rows.std() * torch.randn_like(rows)
+
+
+def sync_from_main_(*tensors: torch.Tensor) -> None:
+    """Copy rank 0's values to every process, so data-driven codebook updates stay identical."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
 
 
 # ----------------------------------------------------------------------------- shape decoder
@@ -200,13 +258,15 @@ class PatchEncoder(nn.Module):
     """64 non-overlapping patches of 8 -> Linear + learned positions -> Transformer encoder."""
 
     def __init__(self, len_input: int, patch_size: int, num_patch: int, dim: int, heads: int,
-                 layers: int, dropout: float):
+                 layers: int, dropout: float, pos_init_std: float = 1.0):
         super().__init__()
         if patch_size * num_patch != len_input:
             raise ValueError(f"patch_size*num_patch = {patch_size}*{num_patch} must equal len_input={len_input}")
         self.patch_size = patch_size
         self.proj = nn.Linear(patch_size, dim)
-        self.pos = nn.Parameter(torch.randn(num_patch, dim) * 0.02)
+        # N(0, 1) like the official nn.Embedding: at 0.02 the positions are ~3 % of a patch's content
+        # and the tokenizer sees an almost unordered set of patches.
+        self.pos = nn.Parameter(torch.randn(num_patch, dim) * pos_init_std)
         self.encoder = Encoder(dim, heads, layers, dropout)
 
     def forward(self, x: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
@@ -276,15 +336,16 @@ class VQShape(nn.Module):
         self.cfg, self.num_channels, self.num_classes = cfg, num_channels, num_classes
         d = cfg.dim
         self.encoder = PatchEncoder(cfg.len_input, cfg.patch_size, cfg.num_patch, d,
-                                    cfg.enc_heads, cfg.enc_layers, cfg.dropout)
+                                    cfg.enc_heads, cfg.enc_layers, cfg.dropout, cfg.pos_init_std)
         self.queries = nn.Parameter(torch.randn(1, cfg.num_token, d) / d)
         self.tokenizer = Decoder(d, cfg.tok_heads, cfg.tok_layers, cfg.dropout)
         self.attr = AttributeHeads(d, cfg.dim_code, self.min_len)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
-                                      cfg.entropy_gamma, cfg.entropy_temp)
+                                      cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)
         self.attr_encoder = nn.Linear(cfg.dim_code + 4, d)
         self.patch_decoder = Encoder(d, cfg.dec_heads, cfg.dec_layers, cfg.dropout)
+        self.dec_cls = nn.Parameter(torch.randn(1, 1, d) / d) if cfg.decoder_cls_token else None
         self.patch_out = nn.Linear(d, cfg.len_input // cfg.num_token)
         self.head = TokenHead(num_channels, cfg.num_token, cfg.dim_code, num_classes,
                               cfg.head_hidden, cfg.head_channel_stats, cfg.dropout)
@@ -325,26 +386,32 @@ class VQShape(nn.Module):
         out.update(self.attr(h, out.pop("h_z")))                            # z_e (B*C, N, dc), t, l, mu, sigma
         grid = out["z_e"].shape[:2]                                          # (B*C, N)
         z_q, idx, vq, dist = self.codebook(out["z_e"].flatten(0, 1))
-        out.update(x=xs, mean=mean, std=std, h=h, vq=vq, code_dist=dist.view(*grid, -1),
+        out.update(x=xs, x_n=x_n, mean=mean, std=std, h=h, vq=vq, code_dist=dist.view(*grid, -1),
                    z_q=z_q.view_as(out["z_e"]), code_idx=idx.view(grid))
         attrs = torch.cat([out["z_q"], out["mu"], out["sigma"], out["t"], out["l"]], dim=-1)  # (B*C, N, dc+4)
         out["tokens"] = attrs
         out["h_hat"] = self.attr_encoder(attrs)                              # (B*C, N, d)
         out["shape_tokens"] = fold_tokens(out["h_hat"], B)                   # (B, C*N, d)
-        out["logits"] = self.head(fold_tokens(attrs, B), mean.view(B, -1), std.view(B, -1))
+        head_in = attrs.detach() if self.cfg.head_detach else attrs
+        out["logits"] = self.head(fold_tokens(head_in, B), mean.view(B, -1), std.view(B, -1))
         if reconstruct:
             out.update(self.reconstruct(out))
         return out
 
     def reconstruct(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Shapes s_hat (B', N, len_s) and series x_hat (B', T), both on the input's scale."""
+        """Decoded normalised shapes (B', N, len_s); scaled shapes s_hat_n and series x_hat_n (B', T)
+        on the instance-normalised scale; s_hat and x_hat on the input's scale."""
         mean, std = out["mean"], out["std"]
         z_q = out["z_q"]
-        s = self.shape_decoder(z_q.flatten(0, 1), out["code_idx"].flatten(), self.codebook.weight)
-        s = s.view(*z_q.shape[:2], -1) * out["sigma"] + out["mu"]          # (B', N, len_s)
-        s_hat = s * std.unsqueeze(1) + mean.unsqueeze(1)
-        x_hat = self.patch_out(self.patch_decoder(out["h_hat"])).flatten(1)  # (B', T)
-        return {"s_hat": s_hat, "x_hat": x_hat * std + mean}
+        shape = self.shape_decoder(z_q.flatten(0, 1), out["code_idx"].flatten(), self.codebook.weight)
+        shape = shape.view(*z_q.shape[:2], -1)                               # (B', N, len_s)
+        s = shape * out["sigma"] + out["mu"]
+        h = out["h_hat"]
+        if self.dec_cls is not None:  # the official patch decoder reads [cls, tokens] and drops cls
+            h = torch.cat([self.dec_cls.expand(len(h), -1, -1), h], dim=1)
+        x_hat = self.patch_out(self.patch_decoder(h)[:, -out["h_hat"].shape[1]:]).flatten(1)  # (B', T)
+        return {"shape": shape, "s_hat_n": s, "x_hat_n": x_hat,
+                "s_hat": s * std.unsqueeze(1) + mean.unsqueeze(1), "x_hat": x_hat * std + mean}
 
     # -- the engine's protocol -------------------------------------------------------------
     train_keys = "vocab"   # key set while training; MMVQShape mixes class text and vocabulary
@@ -371,13 +438,16 @@ class VQShape(nn.Module):
     def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Named, already-weighted terms: x, vq, s, div, ce (zero-weight terms are left out)."""
         c = self.cfg
+        sfx = "_n" if c.loss_scale == "normalized" else ""
         with torch.no_grad():
-            target = extract_subsequence(out["x"], out["t"], out["l"], c.len_s)
+            target = extract_subsequence(out["x" + sfx], out["t"], out["l"], c.len_s)
         terms = {
-            "x": c.lambda_x * F.mse_loss(out["x_hat"], out["x"]),
+            "x": c.lambda_x * F.mse_loss(out["x_hat" + sfx], out["x" + sfx]),
             "vq": c.lambda_vq * out["vq"],
-            "s": c.lambda_s * F.mse_loss(out["s_hat"], target),
+            "s": c.lambda_s * F.mse_loss(out["s_hat" + sfx], target),
         }
+        if c.lambda_shape_norm > 0:
+            terms["shape"] = c.lambda_shape_norm * F.mse_loss(out["shape"], znorm_rows(target))
         if c.lambda_div > 0:
             terms["div"] = c.lambda_div * disentangle_loss(out["t"], out["l"], c.div_threshold, self.min_len)
         if c.lambda_ce > 0:

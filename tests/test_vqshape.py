@@ -313,3 +313,87 @@ def test_frozen_teacher_gets_no_gradient_and_round_trips(tmp_path):
     for k in ("logits", "shape_tokens", "code_dist", "action_logits"):
         assert torch.equal(a[k], b[k]), k
     assert meta["role"] == "teacher"
+
+
+# ----------------------------------------------------------------------------- health options
+def test_codebook_data_init_takes_rows_of_the_first_training_batch_only():
+    cb = ShapeCodebook(4, 3, beta=0.25, lambda_entropy=0.0, entropy_gamma=1.0, entropy_temp=0.01, init="data")
+    z = torch.randn(10, 3) * 5
+    cb.eval()(z)                                                       # evaluation never initialises
+    assert cb.weight.abs().max() <= 1 / 4
+    cb.train()(z)
+    assert all(any(torch.equal(w, r) for r in z) for w in cb.weight.detach())
+    assert len({tuple(w.tolist()) for w in cb.weight.detach()}) == 4    # distinct rows
+    before = cb.weight.detach().clone()
+    cb(torch.randn(10, 3))                                            # only once
+    assert torch.equal(cb.weight.detach(), before)
+
+
+def test_dead_code_is_moved_onto_an_encoder_output_and_live_codes_stay():
+    cb = ShapeCodebook(3, 2, beta=0.25, lambda_entropy=0.0, entropy_gamma=1.0, entropy_temp=0.01,
+                       dead_code_threshold=0.5, dead_code_decay=0.5)
+    with torch.no_grad():
+        cb.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0], [50.0, 50.0]]))
+    z = torch.tensor([[0.1, 0.0], [0.9, 1.0]])                          # code 2 is never used
+    cb.train()(z)                                                      # first sight: usage = max(count, 1)
+    assert torch.equal(cb.usage, torch.tensor([1.0, 1.0, 1.0]))
+    cb(z)                                                              # code 2: 0.5 -> not below 0.5 yet
+    assert cb.weight[2].tolist() == [50.0, 50.0]
+    cb(z)                                                              # 0.25 < 0.5: replaced by a row of z
+    assert any(torch.equal(cb.weight[2].detach(), r) for r in z)
+    assert cb.weight[:2].tolist() == [[0.0, 0.0], [1.0, 1.0]] and cb.usage[2] == 1.0
+
+
+def test_losses_on_the_normalised_scale_and_the_normalised_shape_term():
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(lambda_shape_norm=2.0), 2, 3).eval()
+    x = torch.randn(3, 2, 512) * 7 + 3
+    out = m(x)
+    terms = m.losses(out, torch.tensor([0, 1, 2]))
+    assert torch.allclose(out["x_hat"], out["x_hat_n"] * out["std"] + out["mean"])
+    assert terms["x"].item() == pytest.approx(F.mse_loss(out["x_hat_n"], out["x_n"]).item(), rel=1e-6)
+    target = extract_subsequence(out["x_n"], out["t"], out["l"], 32)
+    assert terms["s"].item() == pytest.approx(F.mse_loss(out["s_hat_n"], target).item(), rel=1e-6)
+    zt = (target - target.mean(-1, keepdim=True)) / target.std(-1, keepdim=True).clamp(min=1e-2)
+    assert terms["shape"].item() == pytest.approx(2.0 * F.mse_loss(out["shape"], zt).item(), rel=1e-5)
+    raw = VQShape(tiny_cfg(loss_scale="input"), 2, 3).eval()
+    raw.load_state_dict(m.state_dict())
+    out = raw(x)
+    assert raw.losses(out, torch.tensor([0, 1, 2]))["x"].item() == pytest.approx(
+        F.mse_loss(out["x_hat"], out["x"]).item(), rel=1e-6)
+
+
+def test_detached_head_cross_entropy_trains_the_head_only():
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(head_detach=True), 2, 3)
+    out = m(torch.randn(4, 2, 512))
+    m.losses(out, torch.tensor([0, 1, 2, 0]))["ce"].backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("head."))
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if not n.startswith("head."))
+
+
+def test_decoder_class_token_is_read_and_dropped():
+    m = VQShape(tiny_cfg(decoder_cls_token=True), 1, 2)
+    out = m(torch.randn(2, 1, 512))
+    assert out["x_hat"].shape == (2, 512)
+    m.losses(out, torch.tensor([0, 1]))["x"].backward()
+    assert m.dec_cls.grad is not None and m.dec_cls.grad.abs().sum() > 0
+    assert VQShape(tiny_cfg(decoder_cls_token=False), 1, 2).dec_cls is None
+
+
+def test_positions_start_at_the_configured_scale():
+    torch.manual_seed(0)
+    assert VQShape(tiny_cfg(), 1, 2).encoder.pos.std().item() == pytest.approx(1.0, abs=0.05)
+    assert VQShape(tiny_cfg(pos_init_std=0.02), 1, 2).encoder.pos.std().item() == pytest.approx(0.02, abs=0.002)
+
+
+def test_self_supervised_task_keeps_only_the_vqshape_terms():
+    from kd.distiller import TeacherTask
+    torch.manual_seed(0)
+    m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text_tensors())
+    batch = {"x": torch.randn(4, 2, 512), "y": torch.tensor([0, 1, 2, 1])}
+    full, _ = TeacherTask(m)(batch)
+    ssl, _ = TeacherTask(m, self_supervised=True)(batch)
+    assert {"ce", "act", "label", "con", "vq_action"} <= set(full)
+    assert set(ssl) == {"x", "vq", "s", "div"}

@@ -1,0 +1,68 @@
+"""Teacher health figures on hand-made inputs: each metric's value where it is known exactly."""
+import math
+
+import pytest
+import torch
+
+from teachers.health import (collapse_reasons, distinct_shapes, pooled_r2, r2_rows, slot_std, span_coverage,
+                             usage_perplexity)
+
+
+def test_identical_shapes_are_one_cluster_whatever_their_scale_and_offset():
+    base = torch.sin(torch.linspace(0, 6, 64))
+    shapes = torch.stack([base, 3 * base + 1, 0.1 * base - 2])
+    assert distinct_shapes(shapes, torch.tensor([5, 1, 2])) == 1
+
+
+def test_distinct_shapes_counts_uncorrelated_and_anticorrelated_shapes_apart():
+    x = torch.linspace(0, 1, 128)
+    shapes = torch.stack([torch.sin(2 * math.pi * x), torch.cos(2 * math.pi * x), -torch.sin(2 * math.pi * x),
+                          x, torch.sin(2 * math.pi * x) + 0.01 * torch.cos(2 * math.pi * x)])
+    # sin ~ its slightly perturbed copy (r > 0.9); cos, -sin and the ramp are separate
+    assert distinct_shapes(shapes, torch.tensor([1, 1, 1, 1, 1])) == 4
+
+
+def test_distinct_shapes_threshold_is_strict_and_leaders_follow_usage():
+    a = torch.tensor([1.0, 0.0, -1.0, 0.0])
+    b = torch.tensor([1.0, 0.2, -1.0, -0.2])                            # r(a, b) = 1 / sqrt(1.04) ~ 0.981
+    r = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    assert distinct_shapes(torch.stack([a, b]), torch.tensor([1, 1]), r=r - 1e-6) == 1
+    assert distinct_shapes(torch.stack([a, b]), torch.tensor([1, 1]), r=r + 1e-6) == 2
+
+
+def test_fixed_spans_have_zero_std_and_moving_spans_do_not():
+    t = torch.tensor([[0.1, 0.5]]).expand(10, 2)
+    assert slot_std(t) == 0.0
+    moving = torch.stack([torch.linspace(0, 0.9, 10), torch.full((10,), 0.5)], dim=1)
+    assert slot_std(moving) == pytest.approx(float(torch.linspace(0, 0.9, 10).std(unbiased=False)) / 2)
+
+
+def test_span_coverage_on_hand_made_spans():
+    T = 101                                                             # step i at i / 100
+    t = torch.tensor([[0.0, 0.5]])
+    l = torch.tensor([[0.2, 0.1]])                                     # [0, .2] and [.5, .6]: 21 + 11 steps
+    assert span_coverage(t, l, T) == pytest.approx(32 / 101)
+    assert span_coverage(torch.zeros(3, 1), torch.ones(3, 1), T) == 1.0
+    # a span running past the end is clipped at 1
+    assert span_coverage(torch.tensor([[0.9]]), torch.tensor([[0.5]]), T) == pytest.approx(11 / 101)
+
+
+def test_perfect_reconstruction_scores_one_and_the_series_mean_scores_zero():
+    x = torch.randn(4, 50) * torch.tensor([[1.0], [5.0], [0.1], [2.0]]) + 3
+    assert pooled_r2(x, x) == 1.0
+    assert pooled_r2(x.mean(-1, keepdim=True).expand_as(x), x) == pytest.approx(0.0, abs=1e-9)
+    assert torch.allclose(r2_rows(x, x), torch.ones(4))
+    assert torch.allclose(r2_rows(x.mean(-1, keepdim=True).expand_as(x), x), torch.zeros(4), atol=1e-6)
+
+
+def test_perplexity_of_uniform_usage_is_the_number_of_codes_used():
+    assert usage_perplexity(torch.tensor([5, 5, 0, 5, 5])) == pytest.approx(4.0)
+    assert usage_perplexity(torch.tensor([0, 9, 0])) == pytest.approx(1.0)
+
+
+def test_collapse_reasons_name_every_figure_under_its_limit():
+    healthy = {"distinct_shapes": 30, "span_t_std": 0.2, "span_coverage": 0.95, "recon_r2": 0.8}
+    assert collapse_reasons(healthy) == []
+    bad = {**healthy, "distinct_shapes": 1, "span_t_std": 0.01}
+    reasons = collapse_reasons(bad)
+    assert len(reasons) == 2 and reasons[0].startswith("distinct_shapes=1") and "span_t_std" in reasons[1]
