@@ -15,18 +15,18 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-# The project's teacher before the health work (its old defaults spelled out) and the options since.
+# The project's teacher before the health work (its old defaults spelled out) and the options since;
+# every variant trains 30 teacher epochs in all, as configs/default.yaml does.
+ONE_PHASE = ["train.teacher_ssl_epochs=0", "train.teacher_epochs=30"]
 BEFORE = ["teacher.vqshape.pos_init_std=0.02", "teacher.vqshape.decoder_cls_token=false",
-          "teacher.vqshape.loss_scale=input", "teacher.vqshape.head_detach=false", "train.teacher_ssl_epochs=0",
-          "teacher.vqshape.lambda_shape_norm=0"]
+          "teacher.vqshape.loss_scale=input", "teacher.vqshape.head_detach=false",
+          "teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE]
 VARIANTS = {
     "before": BEFORE,
-    "pos": BEFORE[1:] + ["teacher.vqshape.pos_init_std=1.0"],
-    "pos+scale+cls": ["teacher.vqshape.head_detach=false", "train.teacher_ssl_epochs=0",
-                      "teacher.vqshape.lambda_shape_norm=0"],
-    "+detach": ["teacher.vqshape.head_detach=true", "train.teacher_ssl_epochs=0", "teacher.vqshape.lambda_shape_norm=0"],
-    "+detach+shape": ["teacher.vqshape.head_detach=true", "train.teacher_ssl_epochs=0",
-                      "teacher.vqshape.lambda_shape_norm=1"],
+    "pos": ["teacher.vqshape.pos_init_std=1.0", *BEFORE[1:]],
+    "pos+scale+cls": ["teacher.vqshape.head_detach=false", "teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE],
+    "+detach": ["teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE],
+    "+detach+shape": ONE_PHASE,
     "after": [],                                         # configs/default.yaml as it stands
     "after-signal": ["teacher.text_guidance=false"],
 }

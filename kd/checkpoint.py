@@ -89,5 +89,8 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], where: str) -
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
         raise CheckpointError(f"checkpoint {where} does not fit the model built from the config: "
-                              f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}")
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}. "
+                              f"A checkpoint written before the model gained these parts (e.g. a VQShape teacher "
+                              f"from before the decoder class token and codebook buffers) cannot be loaded: "
+                              f"retrain it (distill.py stage=teacher) or re-export it with the version that wrote it")
     model.load_state_dict(state)

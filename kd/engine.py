@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,7 +177,10 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
         accel.print(f"[{spec.name}] resumed after epoch {progress['epoch']} (step {step})")
     writer = SummaryWriter(str(run_dir / "tb" / spec.name)) if accel.is_main_process else None
     t0, skipped, val, meter = time.time(), 0, {}, Meter()
-    bar = tqdm(total=total, initial=step, desc=spec.name, disable=not accel.is_local_main_process, dynamic_ncols=True)
+    # A live bar on a terminal; in a log file (not a TTY) one line per epoch instead of carriage returns.
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=total, initial=step, desc=spec.name, disable=not accel.is_local_main_process or not tty,
+               dynamic_ncols=True)
     for epoch in range(start_epoch, spec.epochs):
         if step >= total:
             break
@@ -214,6 +218,9 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
                 meter.write(writer, step, scheduler.get_last_lr()[0], skipped)
         val = validate(accel, spec, task, val_loader, class_names, writer, step)
         save_state(accel, state_dir, {"epoch": epoch, "step": step}, task)
+        if not tty:
+            accel.print(f"[{spec.name}] epoch {epoch + 1}/{spec.epochs}: step {step}/{total}, "
+                        f"{time.time() - t0:.0f} s" + (f", val macro-F1 {val['macro_f1']:.3f}" if val else ""))
     bar.close()
     if writer is not None:
         writer.close()
