@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from kd.config import VQShapeConfig, load_config
 from kd.data import build_splits
 from kd.engine import warmup_cosine
-from teachers.health import (distinct_shapes, pooled_r2, r2_rows, slot_std, span_coverage, usage_perplexity)
+from teachers.health import health_figures
 from teachers.vqshape import VQShape, extract_subsequence
 
 SIZE = dict(dim=64, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4)  # default teacher
@@ -91,14 +90,9 @@ def health(runner, test: torch.Tensor, num_code: int = 512) -> dict:
     runner.model.eval()
     parts = [runner.outputs(test[i:i + 256]) for i in range(0, len(test), 256)]
     o = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    counts = torch.bincount(o["code_idx"].flatten(), minlength=num_code)
-    used = counts.nonzero().flatten()
+    report = health_figures(o, runner.shapes, num_code)
     runner.model.train()
-    return {"distinct_shapes": distinct_shapes(runner.shapes(used), counts[used]), "codes_used": int(len(used)),
-            "perplexity": usage_perplexity(counts), "span_coverage": span_coverage(o["t"], o["l"], test.shape[-1]),
-            "span_t_std": slot_std(o["t"]), "span_l_std": slot_std(o["l"]),
-            "shape_fit_r2": float(r2_rows(o["s_hat"].double(), o["target"].double()).median()),
-            "recon_r2": pooled_r2(o["x_hat"].double(), o["x"].double())}
+    return report
 
 
 def train(runner, train_x, steps: int, batch: int, lr: float, seed: int, log_every: int = 0) -> float:

@@ -118,11 +118,21 @@ def health_report(teacher, dataset, max_windows: int = 512) -> Dict:
     was = teacher.training
     teacher.eval()
     o = teacher_outputs(teacher, dataset, max_windows)
-    counts = torch.bincount(o["code_idx"].flatten(), minlength=teacher.codebook.num_code)
+    report = health_figures(o, lambda used: teacher.shape_decoder.decode(teacher.codebook.weight[used]).cpu(),
+                            teacher.codebook.num_code)
+    report["collapse_reasons"] = collapse_reasons(report)
+    report["collapsed"] = bool(report["collapse_reasons"])
+    teacher.train(was)
+    return report
+
+
+def health_figures(o: Dict[str, torch.Tensor], decode_codes, num_code: int) -> Dict:
+    """The figures from a model's outputs on held-out series: o holds t, l, code_idx (S, N), s_hat and
+    target (S, N, len_s), x_hat and x (S, T); decode_codes(ids) -> the normalised shapes of those codes."""
+    counts = torch.bincount(o["code_idx"].flatten(), minlength=num_code)
     used = counts.nonzero().flatten()
-    shapes = teacher.shape_decoder.decode(teacher.codebook.weight[used]).cpu()
-    report = {
-        "distinct_shapes": distinct_shapes(shapes, counts[used]),
+    return {
+        "distinct_shapes": distinct_shapes(decode_codes(used), counts[used]),
         "codes_used": int(len(used)),
         "perplexity": usage_perplexity(counts),
         "span_coverage": span_coverage(o["t"], o["l"], o["x"].shape[-1]),
@@ -132,10 +142,6 @@ def health_report(teacher, dataset, max_windows: int = 512) -> Dict:
         "recon_r2": pooled_r2(o["x_hat"].double(), o["x"].double()),
         "series": int(o["x"].shape[0]),
     }
-    report["collapse_reasons"] = collapse_reasons(report)
-    report["collapsed"] = bool(report["collapse_reasons"])
-    teacher.train(was)
-    return report
 
 
 def collapse_reasons(report: Dict) -> List[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import matplotlib
 matplotlib.use("Agg")
