@@ -25,7 +25,7 @@ from typing import Dict, List
 import torch
 from torch.utils.data import DataLoader
 
-from teachers.vqshape import extract_subsequence
+from teachers.vqshape import extract_subsequence, znorm_rows
 
 # Below these a teacher is reported as collapsed (loudly: log and run summary).
 COLLAPSE_LIMITS = {"distinct_shapes": 4, "span_t_std": 0.05, "span_coverage": 0.5, "recon_r2": 0.3}
@@ -33,18 +33,12 @@ SHAPE_CORR = 0.9
 
 
 # ----------------------------------------------------------------------------- metrics
-def znorm(s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Rows of s (n, L) to zero mean, unit (population) std."""
-    s = s - s.mean(-1, keepdim=True)
-    return s / (s.pow(2).mean(-1, keepdim=True).sqrt() + eps)
-
-
 def shape_clusters(shapes: torch.Tensor, usage: torch.Tensor, r: float = SHAPE_CORR) -> torch.Tensor:
     """Cluster id (U,) of each shape (U, L): taken in order of `usage` (most used first), a shape joins
     the first cluster whose leader it correlates with at Pearson > r, else leads a new one."""
     order = usage.argsort(descending=True)
-    z = znorm(shapes[order].double())
-    corr = z @ z.t() / z.shape[1]                                          # (U, U) Pearson r
+    z = znorm_rows(shapes[order].double(), floor=1e-12)                    # unbiased std
+    corr = z @ z.t() / (z.shape[1] - 1)                                    # (U, U) Pearson r
     leaders: List[int] = []
     label = torch.empty(len(z), dtype=torch.long)
     for i in range(len(z)):

@@ -85,7 +85,7 @@ class ShapeCodebook(nn.Module):
             raise ValueError(f"codebook init must be 'uniform' or 'data', got {init!r}")
         self.beta, self.lambda_entropy = beta, lambda_entropy
         self.gamma, self.temp = entropy_gamma, entropy_temp
-        self.dead_code_threshold, self.dead_code_decay = dead_code_threshold, dead_code_decay
+        self.init, self.dead_code_threshold, self.dead_code_decay = init, dead_code_threshold, dead_code_decay
         self.weight = nn.Parameter(torch.empty(num_code, dim_code).uniform_(-1 / num_code, 1 / num_code))
         self.register_buffer("initted", torch.tensor(init == "uniform"))
         self.register_buffer("usage", torch.full((num_code,), -1.0))  # -1: no training step seen yet
@@ -120,7 +120,7 @@ class ShapeCodebook(nn.Module):
 
     def forward(self, z_e: torch.Tensor):
         """z_e (n, dc) -> z_q (straight-through), idx (n,), loss, distances (n, K)."""
-        if self.training and not bool(self.initted):
+        if self.training and self.init == "data" and not bool(self.initted):  # reads the flag only when needed
             self.init_from_(z_e.detach().float())
         d = self.distances(z_e)
         idx = d.argmin(dim=-1)
