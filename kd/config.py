@@ -244,6 +244,9 @@ class TrainConfig:
     log_every: int = 10
     nonfinite: str = "stop"           # on a non-finite loss: "stop" (raise with step and terms) | "skip" the step
     baseline: bool = True             # also train the no-teacher student for results.json
+    # Which epoch's weights a stage keeps: "best_val" = the best validation macro-F1 (validation
+    # subjects only; the test split is never looked at during training), "last" = the last epoch.
+    select: str = "best_val"
     # CPU threads per process; None = the CPUs this process may use / local processes. Set here
     # because `accelerate launch` exports OMP_NUM_THREADS=1 for a single CPU process.
     num_threads: Optional[int] = None
@@ -273,6 +276,7 @@ CHOICES = {
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
+    "train.select": ("best_val", "last"),
     "teacher.vqshape.loss_scale": ("normalized", "input"),
     "student.vqshape.loss_scale": ("normalized", "input"),
     "teacher.vqshape.codebook_init": ("uniform", "data"),

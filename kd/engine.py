@@ -83,17 +83,24 @@ def warmup_cosine(optimizer, warmup: int, total: int, min_ratio: float):
 @torch.no_grad()
 def evaluate(accel: Accelerator, predict: Callable[[Dict], torch.Tensor], loader: DataLoader,
              class_names: List[str]) -> Dict:
-    """Accuracy, macro-F1 and confusion over the whole split; every window counted once
-    (gather_for_metrics drops the samples Accelerate pads the last batch with)."""
-    preds, labels = [], []
+    """Accuracy, macro-F1 and confusion over the whole split, and accuracy and macro-F1 per subject
+    (`per_subject`, keyed by subject id; absent when the subjects are unknown). Every window is
+    counted once (gather_for_metrics drops the samples Accelerate pads the last batch with)."""
+    preds, labels, subjects = [], [], []
     for batch in loader:
         logits = predict(batch)
-        p, y = accel.gather_for_metrics((logits.argmax(-1), batch["y"]))
+        p, y, s = accel.gather_for_metrics((logits.argmax(-1), batch["y"], batch["subject"]))
         preds.append(p.cpu())
         labels.append(y.cpu())
-    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    y_true = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64)
-    return classification_report(y_true, y_pred, class_names)
+        subjects.append(s.cpu())
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    y_pred, y_true, subj = cat(preds), cat(labels), cat(subjects)
+    report = classification_report(y_true, y_pred, class_names)
+    if len(subj) and (subj >= 0).all():
+        report["per_subject"] = {str(int(k)): {m: v for m, v in classification_report(
+            y_true[subj == k], y_pred[subj == k], class_names).items() if m in ("accuracy", "macro_f1", "n")}
+            for k in np.unique(subj)}
+    return report
 
 
 # ----------------------------------------------------------------------------- state
@@ -130,6 +137,9 @@ class StageSpec:
     epochs: int
     lr: float
     teacher: Optional[nn.Module] = None          # frozen; its `teach` outputs are passed to the task
+    # "best_val": at the end the task holds the weights of the epoch with the best validation macro-F1
+    # (the earliest on a tie); "last": the last epoch's. A stage without a validation split keeps the last.
+    select: str = "best_val"
 
 
 def teacher_outputs(teacher: Optional[nn.Module], batch: Dict) -> Optional[Dict]:
@@ -170,10 +180,13 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
 
     state_dir = run_dir / "state" / spec.name
     start_epoch, step = 0, 0
+    best = BestEpoch(run_dir / "state" / f"{spec.name}_best.pt", enabled=spec.select == "best_val"
+                     and val_loader is not None)
     progress = load_progress(state_dir) if cfg.resume else None
     if progress is not None:
         accel.load_state(str(state_dir))
         start_epoch, step = progress["epoch"] + 1, progress["step"]
+        best.restore(progress.get("best"))
         accel.print(f"[{spec.name}] resumed after epoch {progress['epoch']} (step {step})")
     writer = SummaryWriter(str(run_dir / "tb" / spec.name)) if accel.is_main_process else None
     t0, skipped, val, meter = time.time(), 0, {}, Meter()
@@ -217,14 +230,56 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
             if writer is not None and (step % tc.log_every == 0 or step == total):
                 meter.write(writer, step, scheduler.get_last_lr()[0], skipped)
         val = validate(accel, spec, task, val_loader, class_names, writer, step)
-        save_state(accel, state_dir, {"epoch": epoch, "step": step}, task)
+        best.offer(accel, task, epoch, val)
+        save_state(accel, state_dir, {"epoch": epoch, "step": step, "best": best.record()}, task)
         if not tty:
             accel.print(f"[{spec.name}] epoch {epoch + 1}/{spec.epochs}: step {step}/{total}, "
                         f"{time.time() - t0:.0f} s" + (f", val macro-F1 {val['macro_f1']:.3f}" if val else ""))
     bar.close()
     if writer is not None:
         writer.close()
-    return {"steps": step, "skipped_steps": skipped, "wall_s": time.time() - t0, "val": val}
+    summary = {"steps": step, "skipped_steps": skipped, "wall_s": time.time() - t0, "val_last": val}
+    summary.update(best.apply(accel, task, spec.name))
+    summary["val"] = summary.get("val_selected", val)
+    return summary
+
+
+class BestEpoch:
+    """Keeps the weights of the epoch with the best validation macro-F1 (main process writes them
+    next to the training state, so a resumed run still knows its best epoch) and puts them back in
+    the task at the end of the stage. Every process holds the same weights after `apply`."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = Path(path), enabled
+        self.epoch, self.score, self.val = None, -math.inf, {}
+
+    def record(self) -> Optional[Dict]:
+        return {"epoch": self.epoch, "score": self.score, "val": self.val} if self.epoch is not None else None
+
+    def restore(self, record: Optional[Dict]) -> None:
+        if self.enabled and record is not None:
+            self.epoch, self.score, self.val = record["epoch"], record["score"], record["val"]
+
+    def offer(self, accel: Accelerator, task: nn.Module, epoch: int, val: Dict) -> None:
+        if not self.enabled or val["macro_f1"] <= self.score:
+            return
+        self.epoch, self.score, self.val = epoch, val["macro_f1"], dict(val)
+        if accel.is_main_process:
+            state = {k: v.detach().cpu().clone() for k, v in accel.unwrap_model(task).state_dict().items()}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            tmp.replace(self.path)
+        accel.wait_for_everyone()
+
+    def apply(self, accel: Accelerator, task: nn.Module, stage: str) -> Dict:
+        """Load the best epoch's weights into `task`; the summary keys that say what was selected."""
+        if not self.enabled or self.epoch is None:
+            return {"selected": "last"}
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        accel.unwrap_model(task).load_state_dict(state)
+        accel.print(f"[{stage}] selected epoch {self.epoch + 1} (best validation macro-F1 {self.score:.3f})")
+        return {"selected": "best_val", "selected_epoch": self.epoch + 1, "val_selected": self.val}
 
 
 class Meter:

@@ -189,12 +189,13 @@ def train_teacher(cfg, splits, text, bank, run_dir: Path) -> Tuple[nn.Module, Di
         teacher.set_class_weights(torch.as_tensor(np.bincount(splits.train.labels, minlength=len(splits.class_names))))
     summary = {}
     if cfg.train.teacher_ssl_epochs > 0:  # its own stage: own schedule, state dir and TensorBoard run
-        spec = StageSpec("teacher_ssl", cfg.train.teacher_ssl_epochs, cfg.train.teacher_lr)
+        # no labels in this stage, so nothing for validation to select: its last epoch goes on
+        spec = StageSpec("teacher_ssl", cfg.train.teacher_ssl_epochs, cfg.train.teacher_lr, select="last")
         summary["ssl"] = fit(accel, cfg, spec, TeacherTask(teacher, self_supervised=True), splits.train,
                              splits.val, splits.class_names, run_dir)
         accel = make_accelerator(cfg)
     task = TeacherTask(teacher)
-    spec = StageSpec("teacher", cfg.train.teacher_epochs, cfg.train.teacher_lr)
+    spec = StageSpec("teacher", cfg.train.teacher_epochs, cfg.train.teacher_lr, select=cfg.train.select)
     summary.update(fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir))
     teacher = freeze(accel.unwrap_model(task).model)
     if accel.is_main_process:
@@ -269,7 +270,7 @@ def train_student(cfg, splits, teacher, t_meta, run_dir: Path, role: str,
     distiller = build_distiller(cfg, splits, teacher, student_freeze=teacher is not None, group=group)
     if group is not None:
         group.to(accel.device)
-    spec = StageSpec(role, cfg.train.epochs, cfg.train.lr, teacher=group)
+    spec = StageSpec(role, cfg.train.epochs, cfg.train.lr, teacher=group, select=cfg.train.select)
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
     if accel.is_main_process:
@@ -307,8 +308,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def check_teacher_checkpoint(cfg) -> None:
+    """A teacher.checkpoint that does not exist is trained only when asked (stage=teacher): a mistyped
+    path must not silently start a new teacher in the wrong place."""
+    if cfg.teacher.arch == "none" or not cfg.teacher.checkpoint or cfg.stage == "teacher":
+        return
+    path = Path(cfg.teacher.checkpoint)
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"teacher.checkpoint={str(path)!r} holds no teacher (no model.safetensors there); "
+                              f"fix the path, train it there first with stage=teacher, or unset "
+                              f"teacher.checkpoint to train the teacher inside run_dir")
+
+
 def run(cfg) -> Dict:
     t0 = time.time()
+    check_teacher_checkpoint(cfg)
     accel = make_accelerator(cfg)
     threads = set_cpu_threads(cfg.train.num_threads, accel)
     run_dir = prepare_run_dir(cfg, accel)
