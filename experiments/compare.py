@@ -7,7 +7,8 @@ Writes OUT_DIR/table.md and table.csv (held-out accuracy, macro-F1, parameter co
 wall time of every model in each run's results.json, and on synthetic data the sub-action
 recovery with its majority-class chance) and OUT_DIR/curves/<tag>.png: each TensorBoard scalar
 of `--stage` (every train/loss_*, train/coef_*, train/dist_* and val/* tag) overlaid across runs.
-With --group-seeds, run dirs named NAME_s<seed> are one row: mean ± population std.
+With --group-seeds, run dirs named NAME_s<seed> are one row: mean ± sample std (n - 1).
+For cross-validated, paired comparisons use `python -m kd.cv` (folds, paired CIs, p-values).
 --curve-seed N overlays only the runs named *_s<N> (one curve per configuration).
 """
 from __future__ import annotations
@@ -74,7 +75,7 @@ def fmt(values: List[float], metric: str) -> str:
         return f"{statistics.mean(values):.0f} s"
     if len(values) == 1:
         return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table(runs: Dict[str, List[Dict]]) -> List[Dict[str, str]]:

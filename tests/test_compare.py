@@ -34,14 +34,14 @@ def test_compare_groups_seeds_and_overlays_curves(tmp_path):
     rows = compare.main([*map(str, runs), "--out", str(out), "--group-seeds"])
     by = {(r["run"], r["model"]): r for r in rows}
     assert by[("kd", "student")]["n_runs"] == "2"
-    assert by[("kd", "student")]["accuracy"] == "0.700 ± 0.100"          # mean ± population std
+    assert by[("kd", "student")]["accuracy"] == "0.700 ± 0.141"          # mean ± sample std
     assert by[("base", "student")]["accuracy"] == "0.500"
     assert by[("kd", "baseline")]["params"] == "0.090 M"
-    assert by[("kd", "student")]["recovery"] == "0.350 ± 0.050" and by[("kd", "student")]["recovery_chance"] == "0.250 ± 0.000"
+    assert by[("kd", "student")]["recovery"] == "0.350 ± 0.071" and by[("kd", "student")]["recovery_chance"] == "0.250 ± 0.000"
     assert "recovery" not in by[("kd", "baseline")]
     with open(out / "table.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4
-    assert "| kd | student | 2 | 0.700 ± 0.100 |" in (out / "table.md").read_text()
+    assert "| kd | student | 2 | 0.700 ± 0.141 |" in (out / "table.md").read_text()
     curves = sorted(p.name for p in (out / "curves").iterdir())
     assert curves == ["train_coef_shape.png", "train_loss_ce.png"]
 

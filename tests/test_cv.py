@@ -1,0 +1,101 @@
+"""The cross-validation tool: folds, study-file checks at load, and a tiny study end to end (teacher
+trained once per fold, paired report equal to the runs' own numbers, resumed without re-running)."""
+import json
+
+import numpy as np
+import pytest
+
+from kd import cv
+from kd.config import ConfigError
+from kd.stats import sign_flip_p
+from tests.conftest import TINY
+
+
+def test_kfold_folds_cover_every_subject_once_and_validate_on_the_training_side():
+    folds = cv.make_folds(range(1, 11), "kfold", 5, 1)
+    assert [f["test"] for f in folds] == [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]
+    assert [f["val"] for f in folds] == [[10], [2], [4], [6], [8]]
+    uneven = cv.make_folds([3, 1, 7, 5, 9, 2, 4], "kfold", 3, 2)
+    assert sorted(s for f in uneven for s in f["test"]) == [1, 2, 3, 4, 5, 7, 9]
+    assert {len(f["test"]) for f in uneven} == {2, 3}
+    for f in uneven:
+        assert not set(f["val"]) & set(f["test"]) and len(f["val"]) == 2
+    loso = cv.make_folds([4, 8, 6], "loso", 0, 1)
+    assert [f["test"] for f in loso] == [[4], [6], [8]] and [f["val"] for f in loso] == [[8], [4], [6]]
+    with pytest.raises(ConfigError, match="leave no training subject"):
+        cv.make_folds([1, 2, 3], "loso", 0, 2)
+
+
+def write_study(tmp_path, body: str):
+    path = tmp_path / "study.yaml"
+    path.write_text(body)
+    return path
+
+
+STUDY = """
+name: tiny
+root: {root}
+reference: alone
+methods:
+  kd: {{config: configs/synthetic_smoke.yaml}}
+  alone: {{config: configs/synthetic_smoke.yaml, overrides: [teacher.arch=none, teacher.text_guidance=false]}}
+folds: 2
+seeds: [0, 1]
+parallel: 2
+n_boot: 2000
+overrides: {overrides}
+"""
+
+
+def test_study_mistakes_fail_at_load(tmp_path):
+    ok = STUDY.format(root=tmp_path / "r", overrides="[]")
+    with pytest.raises(ConfigError, match="reference 'nobody' is not one of its methods"):
+        cv.load_study(write_study(tmp_path, ok.replace("reference: alone", "reference: nobody")))
+    with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):       # a method's own config
+        cv.load_study(write_study(tmp_path, ok), ["overrides=[train.epochz=3]"])
+    with pytest.raises(ConfigError, match=r"sets \['seed=3'\]; the study sets these"):
+        cv.load_study(write_study(tmp_path, ok.replace("teacher.arch=none,", "seed=3, teacher.arch=none,")))
+    with pytest.raises(ConfigError, match="lacks"):
+        cv.load_study(write_study(tmp_path, ok.replace("name: tiny", "")))
+
+
+def test_a_tiny_study_end_to_end(tmp_path, text_cache):
+    root = tmp_path / "study"
+    overrides = "[" + ", ".join([*TINY, f"text.cache_dir={text_cache}"]) + "]"
+    path = write_study(tmp_path, STUDY.format(root=root, overrides=overrides))
+    rep = cv.main([str(path)])
+    teachers = sorted(p.name for p in (root / "teachers").glob("*/fold*") if p.is_dir())
+    assert teachers == ["fold0", "fold1"]                           # one teacher per fold, shared by both seeds
+    assert rep["folds"] == [{"test": [0, 1, 2], "val": [5]}, {"test": [3, 4, 5], "val": [2]}]   # synthetic ids 0-5
+    # the paired difference is computed from the runs' own results.json files
+    score = {}
+    for method, role in (("kd", "student"), ("alone", "baseline")):
+        for f in (0, 1):
+            for s in (0, 1):
+                r = json.loads((root / method / f"fold{f}_s{s}" / "results.json").read_text())
+                assert r["data"]["split"]["test_subjects"] == rep["folds"][f]["test"]
+                score[method, f, s] = r[role]["macro_f1"]
+                assert set(r[role]["per_subject"]) == {str(x) for x in rep["folds"][f]["test"]}
+    diffs = [score["kd", f, s] - score["alone", f, s] for f in (0, 1) for s in (0, 1)]
+    c = rep["comparisons"]["kd"]["macro_f1"]
+    assert c["diff_mean"] == pytest.approx(np.mean(diffs)) and c["n_units"] == 4
+    assert c["p_sign_flip"] == pytest.approx(sign_flip_p(diffs))
+    assert c["diff_ci95"][0] <= c["diff_mean"] <= c["diff_ci95"][1]
+    fold_means = [np.mean([score["alone", f, s] for s in (0, 1)]) for f in (0, 1)]
+    assert rep["methods"]["alone"]["macro_f1"]["mean"] == pytest.approx(np.mean(fold_means))
+    assert rep["methods"]["alone"]["macro_f1"]["sd"] == pytest.approx(np.std(fold_means, ddof=1))
+    assert rep["baseline_macro_f1"] == rep["methods"]["alone"]["macro_f1"]["mean"] and rep["headline"] == "kd"
+    assert rep["teacher_macro_f1"] is not None
+    assert (root / "table.md").is_file() and (root / "paired.png").is_file()
+    # resumed: nothing runs again, the report is the same
+    stamps = {p: p.stat().st_mtime for p in root.glob("*/fold*/results.json")}
+    again = cv.main([str(path)])
+    assert {p: p.stat().st_mtime for p in root.glob("*/fold*/results.json")} == stamps
+    assert again["comparisons"] == rep["comparisons"]
+    with pytest.raises(ConfigError, match="holds another study"):
+        cv.main([str(path), "methods.alone.overrides=[teacher.arch=none,teacher.text_guidance=false,train.lr=0.001]"])
+    more = cv.main([str(path), "seeds=[0, 1, 2]", "--dry-run"])       # more seeds: same study, more runs
+    assert more == {}
+    # another study may share these teachers only on the same folds: fold 0 of 3 is not fold 0 of 2
+    with pytest.raises(ConfigError, match=r"was run with test subjects \[0, 1, 2\].*needs \{'test': \[0, 1\]"):
+        cv.main([str(path), f"root={tmp_path / 'other'}", f"teachers_root={root / 'teachers'}", "folds=3"])
