@@ -1,0 +1,104 @@
+"""Ordered sub-action alignment: a window's tokens against its class's ordered sub-action list.
+
+The activity of a window repeats its sub-actions in order (k_1, ..., k_K, k_1, ...), so the
+tokens of a window, ordered by span centre, walk a left-to-right chain over the K states that
+may wrap around (cyclic): any start state; from state j the next token stays in j or advances
+to j + 1 (mod K). With per-token emission log-probabilities of the K states this is a hidden
+Markov chain, and
+
+* `chain_posteriors` (forward-backward, log space) gives each token's posterior over the states
+  and the window's log-likelihood: the E-step of weak supervision from an ordered transcript;
+  it runs without gradient, since the posteriors are *targets*;
+* `chain_viterbi` gives the single best state sequence (a window's decoded sub-actions).
+
+Both are vectorised over sequences (one Python step per token, none per state or sequence).
+Sequences may have different numbers of states (`n_states`; states at or past it are padding).
+Transition weights: stay log p_stay, advance log(1 - p_stay); start: uniform over the states.
+Where advancing lands on the same state (one-state cycle) both moves count.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+
+NEG = float("-inf")
+
+
+def _neighbours(n_states: torch.Tensor, K: int, cyclic: bool) -> Tuple[torch.Tensor, ...]:
+    """prev[s, j], next[s, j] state indices and whether they exist (S, K)."""
+    j = torch.arange(K, device=n_states.device).expand(len(n_states), K)
+    last = (n_states - 1)[:, None]
+    valid = j < n_states[:, None]
+    prev = torch.where(j == 0, last, j - 1)
+    nxt = torch.where(j == last, torch.zeros_like(j), j + 1).clamp(max=K - 1)   # padding: any index, masked
+    prev_ok = valid & ((j > 0) | cyclic)
+    next_ok = valid & ((j < last) | cyclic)
+    return valid, prev, prev_ok, nxt, next_ok
+
+
+def _check(log_emit: torch.Tensor, n_states: torch.Tensor, p_stay: float) -> None:
+    if log_emit.dim() != 3:
+        raise ValueError(f"log_emit must be [sequences, tokens, states], got {list(log_emit.shape)}")
+    if n_states.shape != log_emit.shape[:1] or int(n_states.min()) < 1 or int(n_states.max()) > log_emit.shape[2]:
+        raise ValueError(f"n_states must be [{log_emit.shape[0]}] with values in 1..{log_emit.shape[2]}")
+    if not 0.0 < p_stay < 1.0:
+        raise ValueError(f"p_stay={p_stay} must lie in (0, 1)")
+
+
+@torch.no_grad()
+def chain_posteriors(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool = True,
+                     p_stay: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward-backward. log_emit (S, N, K) emission log-probabilities of N ordered tokens over K
+    states; n_states (S,) states used per sequence. Returns (posteriors (S, N, K), 0 at padding
+    states; log-likelihood (S,)). No gradient flows through either."""
+    _check(log_emit, n_states, p_stay)
+    S, N, K = log_emit.shape
+    e = log_emit.float()
+    valid, prev, prev_ok, nxt, next_ok = _neighbours(n_states, K, cyclic)
+    e = e.masked_fill(~valid[:, None, :], NEG)
+    stay, adv = math.log(p_stay), math.log(1 - p_stay)
+    alpha = torch.empty(S, N, K, device=e.device)
+    alpha[:, 0] = e[:, 0] - n_states.float().log()[:, None]
+    for t in range(1, N):
+        a = alpha[:, t - 1]
+        moved = a.gather(1, prev).masked_fill(~prev_ok, NEG)
+        alpha[:, t] = torch.logaddexp(a + stay, moved + adv) + e[:, t]
+    beta = torch.zeros(S, N, K, device=e.device).masked_fill(~valid[:, None, :], NEG)
+    for t in range(N - 2, -1, -1):
+        b = beta[:, t + 1] + e[:, t + 1]
+        moved = b.gather(1, nxt).masked_fill(~next_ok, NEG)
+        beta[:, t] = torch.logaddexp(b + stay, moved + adv).masked_fill(~valid, NEG)
+    loglik = torch.logsumexp(alpha[:, -1], dim=-1)
+    post = (alpha + beta - loglik[:, None, None]).exp().masked_fill(~valid[:, None, :], 0.0)
+    return post, loglik
+
+
+@torch.no_grad()
+def chain_viterbi(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool = True,
+                  p_stay: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Best state sequence (S, N) and its log-score (S,) under the same chain."""
+    _check(log_emit, n_states, p_stay)
+    S, N, K = log_emit.shape
+    valid, prev, prev_ok, _, _ = _neighbours(n_states, K, cyclic)
+    e = log_emit.float().masked_fill(~valid[:, None, :], NEG)
+    stay, adv = math.log(p_stay), math.log(1 - p_stay)
+    # a one-state cycle reaches itself by both moves
+    self_adv = prev_ok & (prev == torch.arange(K, device=e.device))
+    stay_w = torch.where(self_adv, torch.tensor(0.0, device=e.device), torch.tensor(stay, device=e.device))
+    delta = e[:, 0] - n_states.float().log()[:, None]
+    came_from_prev = torch.zeros(S, N, K, dtype=torch.bool, device=e.device)
+    for t in range(1, N):
+        kept = delta + stay_w
+        moved = (delta.gather(1, prev) + adv).masked_fill(~prev_ok | self_adv, NEG)
+        came_from_prev[:, t] = moved > kept
+        delta = torch.maximum(kept, moved) + e[:, t]
+    score, state = delta.max(dim=-1)
+    path = torch.empty(S, N, dtype=torch.long, device=e.device)
+    path[:, -1] = state
+    for t in range(N - 1, 0, -1):
+        back = came_from_prev[:, t].gather(1, state[:, None]).squeeze(1)
+        state = torch.where(back, prev.gather(1, state[:, None]).squeeze(1), state)
+        path[:, t - 1] = state
+    return path, score

@@ -1,0 +1,80 @@
+"""Ordered alignment: forward-backward posteriors and likelihood, and Viterbi, against brute-force
+enumeration of every state path on tiny chains (cyclic and not, padded states); exact decoding of
+a known sequence from clean emissions; no gradient through the posteriors."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from teachers.alignment import chain_posteriors, chain_viterbi
+
+
+def step_weight(s, s2, k, cyclic, p_stay):
+    """Probability of moving s -> s2 in a chain of k states (both moves count where they coincide)."""
+    w = p_stay if s2 == s else 0.0
+    nxt = s + 1 if s + 1 < k else (0 if cyclic else None)
+    return w + ((1 - p_stay) if s2 == nxt else 0.0)
+
+
+def brute(log_emit, k, cyclic, p_stay):
+    """(posteriors [N, k], log-likelihood, best path, best score) by enumerating all k^N paths."""
+    N = log_emit.shape[0]
+    post, total, best, best_score = torch.zeros(N, k, dtype=torch.float64), 0.0, None, -math.inf
+    for path in itertools.product(range(k), repeat=N):
+        w = math.log(1 / k) + sum(float(log_emit[t, s]) for t, s in enumerate(path))
+        steps = [step_weight(a, b, k, cyclic, p_stay) for a, b in zip(path, path[1:])]
+        if any(s == 0 for s in steps):
+            continue
+        w += sum(math.log(s) for s in steps)
+        p = math.exp(w)
+        total += p
+        for t, s in enumerate(path):
+            post[t, s] += p
+        if w > best_score:
+            best, best_score = path, w
+    return post / total, math.log(total), list(best), best_score
+
+
+@pytest.mark.parametrize("cyclic", [True, False])
+@pytest.mark.parametrize("p_stay", [0.5, 0.8])
+def test_forward_backward_and_viterbi_equal_enumeration(cyclic, p_stay):
+    g = torch.Generator().manual_seed(int(cyclic) * 10 + int(p_stay * 10))
+    K, N = 4, 6
+    n_states = torch.tensor([4, 3, 1, 2])                       # padded states in three sequences
+    log_emit = torch.randn(len(n_states), N, K, generator=g, dtype=torch.float64) * 2
+    post, loglik = chain_posteriors(log_emit, n_states, cyclic, p_stay)
+    path, score = chain_viterbi(log_emit, n_states, cyclic, p_stay)
+    for i, k in enumerate(n_states.tolist()):
+        b_post, b_ll, b_path, b_score = brute(log_emit[i, :, :k], k, cyclic, p_stay)
+        assert torch.allclose(post[i, :, :k].double(), b_post, atol=1e-5)
+        assert (post[i, :, k:] == 0).all()
+        assert loglik[i].item() == pytest.approx(b_ll, abs=1e-4)
+        assert path[i].tolist() == b_path and score[i].item() == pytest.approx(b_score, abs=1e-4)
+
+
+def test_clean_emissions_decode_a_known_cyclic_sequence():
+    K, truth = 3, [1, 1, 2, 0, 0, 0, 1, 2, 2, 0]                # starts mid-cycle and wraps twice
+    log_emit = torch.full((1, len(truth), K), -8.0)
+    log_emit[0, torch.arange(len(truth)), torch.tensor(truth)] = 0.0
+    path, _ = chain_viterbi(log_emit, torch.tensor([K]))
+    post, _ = chain_posteriors(log_emit, torch.tensor([K]))
+    assert path[0].tolist() == truth and post[0].argmax(-1).tolist() == truth
+    # the order is enforced: emissions that say 0 -> 2 (a skip) cannot be followed exactly
+    skip = torch.full((1, 4, K), -8.0)
+    skip[0, torch.arange(4), torch.tensor([0, 0, 2, 2])] = 0.0
+    assert chain_viterbi(skip, torch.tensor([K]))[0][0].tolist() != [0, 0, 2, 2]
+
+
+def test_posteriors_carry_no_gradient_and_sum_to_one():
+    log_emit = torch.randn(5, 7, 3, requires_grad=True).log_softmax(-1)
+    post, loglik = chain_posteriors(log_emit, torch.tensor([3, 3, 2, 1, 3]))
+    assert not post.requires_grad and not loglik.requires_grad
+    assert torch.allclose(post.sum(-1), torch.ones(5, 7), atol=1e-5)
+
+
+def test_bad_input_names_the_problem():
+    with pytest.raises(ValueError, match=r"n_states must be \[2\] with values in 1..3"):
+        chain_posteriors(torch.zeros(2, 4, 3), torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="p_stay=1.0 must lie in"):
+        chain_viterbi(torch.zeros(1, 4, 3), torch.tensor([3]), p_stay=1.0)
