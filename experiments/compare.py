@@ -47,8 +47,8 @@ def load_results(run_dir: Path) -> Dict[str, Dict[str, float]]:
         if role in r:
             out[role] = {m: r[role][m] for m in METRICS if m in r[role]}
             if "subaction_recovery" in r[role]:
-                out[role]["recovery"] = r[role]["subaction_recovery"]["accuracy"]
-                out[role]["recovery_chance"] = r[role]["subaction_recovery"]["chance_majority"]
+                out[role]["recovery"] = r[role]["subaction_recovery"]["token_acc"]
+                out[role]["recovery_chance"] = r[role]["subaction_recovery"]["majority"]
     return out
 
 

@@ -42,6 +42,9 @@ class SyntheticConfig:
     raw_length: int = 500
     noise: float = 0.1
     seed: int = 0
+    random_phase: bool = False        # windows start at a random primitive of their class's cycle
+    cycles_min: float = 1.0           # a window holds round(c * 5) segments, c ~ U[cycles_min, cycles_max]
+    cycles_max: float = 1.0
 
 
 @dataclass
@@ -140,6 +143,16 @@ class FusionConfig:
     lambda_label: float = 1.0
     lambda_con: float = 0.5
     lambda_vq_action: float = 1.0
+    # Action branch target (teachers/alignment.py): "ordered" = forward-backward alignment of the
+    # window's tokens (by span centre) to its class's ordered sub-actions on a cyclic chain; "set" =
+    # the class-masked softmax of the scores (no order); "attention" = the signal-to-text attention
+    # weights (before December 2026; no sub-action scores are trained).
+    action_target: str = "ordered"
+    sub_dim: int = 64               # width of the token / sub-action projections the scores compare
+    sub_temperature: float = 0.1    # scores = cos(P_h h, P_u e_m) / temperature
+    lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
+    align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
+    align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
 
 
 @dataclass
@@ -273,6 +286,7 @@ CHOICES = {
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.vocab_mix": ("sample", "batch"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
+    "teacher.fusion.action_target": ("ordered", "set", "attention"),
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
@@ -323,6 +337,9 @@ def validate_config(cfg: DictConfig) -> None:
             if v.dim % v[f"{name}_heads"]:
                 raise ConfigError(f"{side}.vqshape.dim={v.dim} must be divisible by "
                                   f"{side}.vqshape.{name}_heads={v[f'{name}_heads']}")
+    if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
+        raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
+                          f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
     if not 0.0 <= cfg.kd.alpha <= 1.0:
         raise ConfigError(f"kd.alpha={cfg.kd.alpha} must lie in [0, 1]")
     names = [s.name for s in cfg.kd.sources]

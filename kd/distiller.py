@@ -22,22 +22,21 @@ TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
 
 
 # VQShape's own terms: the self-supervised phase of a teacher trains on these only.
-SELF_SUPERVISED = ("x", "vq", "s", "div", "shape")
-
 
 class TeacherTask(nn.Module):
     """Wraps a model that trains on its own losses (a teacher, or a no-teacher baseline).
-    self_supervised: keep only the SELF_SUPERVISED terms (a VQShape teacher's first phase)."""
+    self_supervised: only the terms that need no label (a VQShape teacher's first phase:
+    x, vq, s, div, shape)."""
 
     def __init__(self, model: nn.Module, self_supervised: bool = False):
         super().__init__()
         self.model, self.self_supervised = model, self_supervised
 
     def forward(self, batch: Dict, teacher_out: Optional[Dict] = None) -> Tuple[Dict, Dict]:
-        terms = self.model.losses(self.model.fit_forward(batch), batch["y"])
+        out = self.model.fit_forward(batch)
         if self.self_supervised:
-            terms = {k: v for k, v in terms.items() if k in SELF_SUPERVISED}
-        return terms, {}
+            return self.model.losses(out, batch["y"], supervised=False), {}
+        return self.model.losses(out, batch["y"]), {}
 
     def predict(self, batch: Dict) -> torch.Tensor:
         return self.model.predict(batch["x"])

@@ -391,10 +391,16 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
     if hasattr(teacher, "codebook"):
         report["health"] = teacher_health(teacher, splits, PartialState())
+    aligned = getattr(teacher, "fusion", None) is not None and teacher.fusion.action_target != "attention"
     score = recovery_scorer(cfg, splits, t_meta)
     if score is not None:
         from kd.recovery import teacher_tokens
         report["subaction_recovery"] = score(teacher_tokens(teacher))
+        if aligned:
+            report["subaction_recovery_scores"] = score(teacher_tokens(teacher, "sub_scores"))
+    if aligned:
+        from kd.recovery import alignment_report
+        report["alignment"] = alignment_report(teacher, splits.test)
     if hasattr(teacher, "M"):  # text-guided: the class-text number is a diagnostic, named as such
         oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
                              teacher)

@@ -1,10 +1,21 @@
 """Text-guided VQShape (MMVQShape): shape codebook + action codebook via signal-text cross-attention.
 
-../shared/DESIGN.md §4. Sub-action sentences of each class (embedded by a frozen text
-encoder) are the keys of a bidirectional cross-attention with the shape tokens; the
-attention of each shape token over the sub-actions is the target of an action decoder on
-the shape code, so after training every shape code decodes to a shape *and* a sub-action
-distribution. Class text is privileged: evaluation uses the whole vocabulary as keys.
+Sub-action sentences of each class (embedded by a frozen text encoder) are the keys of a
+bidirectional cross-attention with the shape tokens. Which sub-action each token is comes from
+the *order* of the class's sub-actions (weak supervision from an ordered transcript):
+
+* every token gets scores over the whole sub-action vocabulary, s_m = cos(P_h h, P_u e_m) / tau
+  (label-free, so usable at test time);
+* E-step, without gradient: the window's tokens, ordered by span centre t + l/2, are aligned to the
+  class's ordered sub-actions by forward-backward on a cyclic left-to-right chain
+  (teachers/alignment.py); the state posteriors, scattered into the vocabulary, are the targets p
+  (for the first `align_warmup_steps`, the class-masked softmax of the scores: set only, no order);
+* L_sub = CE(p, softmax(s)) trains the scores; L_act = KL(p || softmax(action_decoder(z_q))) makes
+  every shape code decode to a sub-action distribution as well as a shape.
+
+`fusion.action_target` names the target ("ordered", "set", or "attention": the attention weights of
+the cross-attention, as before December 2026). Class text is privileged: evaluation uses the whole
+vocabulary as keys.
 """
 from __future__ import annotations
 
@@ -14,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from teachers.alignment import chain_posteriors, chain_viterbi
 from teachers.layers import MLP, Attention
 from teachers.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -72,6 +84,9 @@ class MMVQShape(VQShape):
         with torch.no_grad():  # action codes start at the projected vocabulary embeddings
             self.action_codebook.weight.copy_(self.text_proj(self.vocab_emb))
         self.label_head = MLP(K * d, Dt, d)
+        self.sub_tok = nn.Linear(d, fusion.sub_dim)                           # P_h
+        self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                          # P_u
+        self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
 
     @staticmethod
     def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:
@@ -85,6 +100,8 @@ class MMVQShape(VQShape):
             raise ValueError(f"label_emb {list(label_emb.shape)} must be [{num_classes}, {vocab_emb.shape[1]}]")
         if int(class_index[class_mask.bool()].max()) >= vocab_emb.shape[0]:
             raise ValueError("class_index points past the vocabulary")
+        if (class_mask.long().cummin(dim=1).values != class_mask.long()).any():
+            raise ValueError("class_mask must be a prefix per class (sub-actions first, padding last)")
 
     @property
     def M(self) -> int:
@@ -146,8 +163,60 @@ class MMVQShape(VQShape):
                 reconstruct: bool = True) -> Dict[str, torch.Tensor]:
         out = super().forward(x, y, keys, reconstruct)
         out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
+        out["sub_scores"] = self.sub_scores(out["h"])                       # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
+
+    def sub_scores(self, h: torch.Tensor) -> torch.Tensor:
+        """Label-free sub-action scores of every token over the whole vocabulary (B', N, M)."""
+        tok = F.normalize(self.sub_tok(h), dim=-1)
+        txt = F.normalize(self.sub_txt(self.vocab_emb), dim=-1)
+        return tok @ txt.t() / self.fusion.sub_temperature
+
+    # -- ordered alignment --------------------------------------------------------------
+    def class_emissions(self, out: Dict[str, torch.Tensor], y: torch.Tensor):
+        """Log-probabilities of each token (ordered by span centre) over its class's ordered sub-actions.
+        -> (emissions (B*C, N, K), states per row (B*C,), token order (B*C, N), class ids (B*C, K))."""
+        C = self.num_channels
+        log_p = out["sub_scores"].float().log_softmax(dim=-1)               # over the whole vocabulary
+        yc = y.repeat_interleave(C)
+        ids, n_states = self.class_index[yc], self.class_mask[yc].sum(dim=1)
+        order = (out["t"] + out["l"] / 2).squeeze(-1).argsort(dim=1)        # (B*C, N) by span centre
+        log_p = log_p.gather(1, order[..., None].expand_as(log_p))
+        emit = log_p.gather(2, ids[:, None, :].expand(-1, log_p.shape[1], -1))
+        return emit, n_states, order, ids
+
+    def unsort_to_vocab(self, state_probs: torch.Tensor, order: torch.Tensor, ids: torch.Tensor,
+                        valid: torch.Tensor) -> torch.Tensor:
+        """Per-state probabilities in span-centre order (B', N, K) -> vocabulary targets in token order (B', N, M)."""
+        probs = (state_probs * valid[:, None, :]).detach()
+        voc = probs.new_zeros(*probs.shape[:2], self.M).scatter_add_(2, ids[:, None, :].expand_as(probs), probs)
+        return torch.empty_like(voc).scatter_(1, order[..., None].expand_as(voc), voc)
+
+    @torch.no_grad()
+    def alignment_targets(self, out: Dict[str, torch.Tensor], y: torch.Tensor, ordered: bool) -> torch.Tensor:
+        """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set)."""
+        emit, n_states, order, ids = self.class_emissions(out, y)
+        valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < n_states[:, None]
+        if ordered:
+            post, _ = chain_posteriors(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
+        else:
+            post = emit.masked_fill(~valid[:, None, :], float("-inf")).softmax(dim=-1)
+        return self.unsort_to_vocab(post, order, ids, valid)
+
+    @torch.no_grad()
+    def decode_subactions(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Held-out decoding, tokens in their own order (B*C, N): `viterbi` = the vocabulary id of each
+        token on the best ordered path given class y; `free` = argmax of its label-free scores;
+        `loglik` (B*C,) = the window-channel's alignment log-likelihood under class y."""
+        out = self(x, keys="vocab", reconstruct=False)
+        emit, n_states, order, ids = self.class_emissions(out, y)
+        path, _ = chain_viterbi(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
+        _, loglik = chain_posteriors(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
+        voc_sorted = ids.gather(1, path)                                     # (B*C, N) in span-centre order
+        viterbi = torch.empty_like(voc_sorted).scatter_(1, order, voc_sorted)
+        return {"viterbi": viterbi, "free": out["sub_scores"].argmax(-1), "loglik": loglik,
+                "t": out["t"], "l": out["l"]}
 
     def action_branch(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Quantise the text-query tokens to the action codebook and predict the label embedding."""
@@ -161,14 +230,25 @@ class MMVQShape(VQShape):
         return {"action_tokens": a_q, "action_idx": idx, "vq_action": vq, "label_pred": pred}
 
     # -- losses -------------------------------------------------------------------------
-    def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Adds act, label, con, vq_action; the class-text terms average over class-mode samples."""
-        terms = super().losses(out, y)
+    def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:
+        """Adds sub (not with the attention target), act, label, con, vq_action; the label and con terms
+        average over class-mode samples, sub and act over every sample (its class is known in training)."""
+        terms = super().losses(out, y, supervised)
+        if not supervised:
+            return terms
         f, C = self.fusion, self.num_channels
         cm = out["class_mode"]
         log_q = out["action_logits"].float().log_softmax(dim=-1)
-        act = kl_rows(out["p_tok"].float(), log_q).mean(dim=-1)             # (B*C,)
-        terms["act"] = f.lambda_act * masked_mean(act, cm.repeat_interleave(C))
+        if f.action_target == "attention":   # attention weights exist over class text only on class-mode rows
+            act = kl_rows(out["p_tok"].float(), log_q).mean(dim=-1)         # (B*C,)
+            terms["act"] = f.lambda_act * masked_mean(act, cm.repeat_interleave(C))
+        else:
+            ordered = f.action_target == "ordered" and int(self.align_steps) >= f.align_warmup_steps
+            p = self.alignment_targets(out, y, ordered)
+            if self.training:
+                self.align_steps += 1
+            terms["sub"] = f.lambda_sub * -(p * out["sub_scores"].float().log_softmax(dim=-1)).sum(-1).mean()
+            terms["act"] = f.lambda_act * kl_rows(p, log_q).mean()
         cos = F.cosine_similarity(out["label_pred"].float(), self.label_emb[y], dim=-1)
         terms["label"] = f.lambda_label * masked_mean(1 - cos, cm)
         mask = out["key_mask"][..., None].to(out["text_tokens"].dtype)

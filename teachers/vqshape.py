@@ -435,8 +435,9 @@ class VQShape(nn.Module):
                 "code_idx": out["code_idx"].view(B, -1)}
 
     # -- losses --------------------------------------------------------------------------
-    def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Named, already-weighted terms: x, vq, s, div, ce (zero-weight terms are left out)."""
+    def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:
+        """Named, already-weighted terms: x, vq, s, shape, div, and with `supervised` ce (zero-weight
+        terms are left out)."""
         c = self.cfg
         sfx = "_n" if c.loss_scale == "normalized" else ""
         with torch.no_grad():
@@ -450,7 +451,7 @@ class VQShape(nn.Module):
             terms["shape"] = c.lambda_shape_norm * F.mse_loss(out["shape"], znorm_rows(target))
         if c.lambda_div > 0:
             terms["div"] = c.lambda_div * disentangle_loss(out["t"], out["l"], c.div_threshold, self.min_len)
-        if c.lambda_ce > 0:
+        if supervised and c.lambda_ce > 0:
             weight = self.class_weight if c.ce_class_weighted else None
             terms["ce"] = c.lambda_ce * F.cross_entropy(out["logits"], y, weight=weight)
         return terms

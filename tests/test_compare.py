@@ -15,7 +15,7 @@ def fake_run(root: Path, name: str, acc: float, coef: float) -> Path:
     run = root / name
     (run / "tb" / "student").mkdir(parents=True)
     results = {"student": {"accuracy": acc, "macro_f1": acc - 0.1, "params": 100_000, "train_wall_s": 12.0,
-                           "subaction_recovery": {"accuracy": acc / 2, "chance_majority": 0.25, "tokens": 10}},
+                           "subaction_recovery": {"token_acc": acc / 2, "majority": 0.25, "tokens": 10}},
                "baseline": {"accuracy": 0.5, "macro_f1": 0.4, "params": 90_000, "train_wall_s": 3.0}}
     (run / "results.json").write_text(json.dumps(results))
     w = SummaryWriter(str(run / "tb" / "student"))

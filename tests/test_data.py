@@ -322,6 +322,22 @@ def test_synthetic_segments_follow_the_class_sequence():
         assert seq == CLASSES[splits.class_names[int(item["y"])]]
 
 
+def test_synthetic_random_phase_and_cycles_walk_the_class_cycle():
+    spec = SyntheticSpec.from_config(SyntheticConfig(noise=0.0, random_phase=True, cycles_min=0.6, cycles_max=1.6))
+    starts, counts = set(), set()
+    for i in range(60):
+        cycle = [PRIMITIVES.index(p) for p in list(CLASSES.values())[class_of(spec.seed, np.array([i]))[0]]]
+        prims = [p for p, _, _ in runs(generate_raw(spec, i)[1])]
+        starts.add(cycle.index(prims[0]))
+        counts.add(len(prims))
+        # every change advances one step along the cycle, wrapping around (a repeat of the same
+        # primitive across the wrap merges into one run, so compare runs with the cycle's successor)
+        assert all(cycle[(cycle.index(a) + 1) % 5] == b for a, b in zip(prims, prims[1:]))
+    assert starts == set(range(5)) and min(counts) <= 3 and max(counts) >= 7
+    with pytest.raises(DataError, match="cycles_min=2.0 and cycles_max=1.0"):
+        SyntheticSpec.from_config(SyntheticConfig(cycles_min=2.0, cycles_max=1.0))
+
+
 def test_synthetic_subaction_aligned_with_resampled_signal():
     splits = synthetic(num_windows=200, noise=0.0)
     checked = 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import distill
-from kd.recovery import primitive_of_vocab, span_majority, subaction_recovery
+from kd.recovery import primitive_of_vocab, span_majority, step_predictions, subaction_recovery
 from tests.conftest import TINY
 
 
@@ -36,9 +36,21 @@ def test_recovery_perfect_and_chance():
     right = torch.tensor([[[5.0, 0.0], [0.0, 5.0]]])            # token 0 -> vocab 0 -> primitive 0, token 1 -> 1
     fn = lambda x: (t.expand(len(x), -1, -1), l.expand(len(x), -1, -1), right.expand(len(x), -1, -1))  # noqa: E731
     rep = subaction_recovery(fn, DS(), torch.tensor([0, 1]), 2)
-    assert rep["accuracy"] == 1.0 and rep["chance_uniform"] == 0.5 and rep["chance_majority"] == 0.5
+    assert rep["token_acc"] == 1.0 and rep["chance_uniform"] == 0.5 and rep["majority"] == 0.5
+    assert rep["step_acc"] == 1.0 and rep["step_majority"] == 0.5 and rep["steps"] == 4 * 8
     swapped = subaction_recovery(fn, DS(), torch.tensor([1, 0]), 2)
-    assert swapped["accuracy"] == 0.0
+    assert swapped["token_acc"] == 0.0 and swapped["step_acc"] == 0.0
+
+
+def test_step_predictions_take_the_covering_token_nearest_its_centre():
+    pred = torch.tensor([[7, 8, 9]])
+    # spans over 11 steps (pos = step / 10): A [0, 0.6] centre 0.3; B [0.4, 0.6] centre 0.5; C [0.9, 1.0]
+    t = torch.tensor([[[0.0], [0.4], [0.9]]])
+    l = torch.tensor([[[0.6], [0.2], [0.1]]])
+    # steps 0-3 only A; 4: A and B cover, A's centre (0.3) is nearer than B's (0.5)? |0.4-0.3| = |0.4-0.5|
+    # -> argmin takes the first (A); 5, 6: B nearer; 7, 8: nobody covers, nearest centres C (0.95) vs
+    # B (0.5): step 7 (0.7) -> B, step 8 (0.8) -> C; 9, 10: C
+    assert step_predictions(pred, t, l, 11).tolist() == [[7, 7, 7, 7, 7, 8, 8, 8, 9, 9, 9]]
 
 
 def test_synthetic_run_reports_recovery_for_teacher_and_student(tmp_path, text_cache):
@@ -48,5 +60,6 @@ def test_synthetic_run_reports_recovery_for_teacher_and_student(tmp_path, text_c
     results = json.loads((run_dir / "results.json").read_text())
     for role in ("teacher", "student"):
         rec = results[role]["subaction_recovery"]
-        assert 0.0 <= rec["accuracy"] <= 1.0 and rec["chance_uniform"] == pytest.approx(0.1)
+        assert 0.0 <= rec["token_acc"] <= 1.0 and 0.0 <= rec["step_acc"] <= 1.0 and 0 < rec["majority"] < 1
+        assert rec["chance_uniform"] == pytest.approx(0.1)
         assert rec["tokens"] == results["data"]["windows"]["test"] * 3 * 16      # C * N tokens per window

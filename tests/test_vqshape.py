@@ -240,7 +240,7 @@ def test_bad_input_errors():
 def test_mmvqshape_keys_targets_and_losses():
     torch.manual_seed(0)
     text = text_tensors()
-    m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text)
+    m = MMVQShape(tiny_cfg(), FusionConfig(action_target="attention"), 2, 3, **text)
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     out = m(x, y, keys="class")
     assert out["p_tok"].shape == (8, 8, 5)
@@ -253,6 +253,42 @@ def test_mmvqshape_keys_targets_and_losses():
     terms = m.losses(vocab, y)                                   # no class text: class-text terms are 0
     assert terms["act"].item() == 0 and terms["label"].item() == 0 and terms["con"].item() == 0
     assert set(m.losses(out, y)) == {"x", "vq", "s", "div", "ce", "act", "label", "con", "vq_action"}
+
+
+@pytest.mark.parametrize("target", ["ordered", "set"])
+def test_alignment_targets_live_on_the_class_sub_actions_and_switch_after_warmup(target):
+    torch.manual_seed(0)
+    m = MMVQShape(tiny_cfg(), FusionConfig(action_target=target, align_warmup_steps=2), 2, 3, **text_tensors())
+    x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
+    out = m(x, keys="vocab")                                     # no class text as keys: the class is still known
+    assert out["sub_scores"].shape == (8, 8, 5)
+    terms = m.losses(out, y)
+    assert {"sub", "act"} <= set(terms) and terms["act"].item() > 0 and terms["sub"].item() > 0
+    assert set(m.losses(out, y, supervised=False)) == {"x", "vq", "s", "div"}
+    warm = m.alignment_targets(out, y, ordered=False)
+    aligned = m.alignment_targets(out, y, ordered=True)
+    for p in (warm, aligned):
+        assert torch.allclose(p.sum(-1), torch.ones(8, 8), atol=1e-5) and not p.requires_grad
+        assert p[2:4][..., [0, 1, 4]].abs().max() == 0           # class 1 owns vocabulary entries {2, 3}
+    assert not torch.allclose(warm, aligned)                     # the order changes the targets
+    m.train()
+    before = int(m.align_steps)                                  # training steps count, evaluation does not
+    for _ in range(3):
+        m.losses(m(x, keys="vocab"), y)
+    m.eval()
+    m.losses(m(x, keys="vocab"), y)
+    assert int(m.align_steps) == before + 3
+
+
+def test_alignment_scores_get_gradient_but_targets_do_not():
+    torch.manual_seed(0)
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(align_warmup_steps=0), 2, 3, **text_tensors())
+    x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
+    m.losses(m(x, keys="vocab"), y)["sub"].backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert grads["sub_tok.weight"].abs().sum() > 0 and grads["sub_txt.weight"].abs().sum() > 0
+    assert grads["encoder.proj.weight"].abs().sum() > 0            # the scores read the tokens h
+    assert grads["attr.tl_head.0.weight"] is None              # spans order the tokens, get no gradient
 
 
 def test_mmvqshape_rejects_class_without_text():

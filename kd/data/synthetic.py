@@ -1,8 +1,11 @@
 """Synthetic HAR-like windows with ground-truth sub-actions at every time step.
 
-Each window belongs to one class; a class is an ordered sequence of 5 primitive motions laid end
+Each window belongs to one class; a class is an ordered cycle of 5 primitive motions laid end
 to end over `raw_length` samples with random durations (Dirichlet proportions, each segment at
-least 8% of the window). Every primitive is a distinct waveform with random amplitude, offset and
+least 8% of the window, or less when a window holds many segments). By default a window holds
+one cycle from the class's first primitive; with `random_phase` it starts at a random primitive
+of the cycle, and with `cycles_min` < `cycles_max` it holds round(c * 5) segments for c drawn
+uniformly in [cycles_min, cycles_max] (less or more than one full cycle, wrapping around). Every primitive is a distinct waveform with random amplitude, offset and
 phase, projected onto the channels by its own fixed channel pattern; then a per-subject gain and
 offset per channel and Gaussian noise of std `noise` are applied. Segments are not forced to join
 continuously: a segment boundary is a step in the signal.
@@ -137,6 +140,8 @@ class SyntheticSpec:
     raw_length: int
     noise: float
     seed: int
+    random_phase: bool
+    cycles: Tuple[float, float]
     patterns: np.ndarray        # (P, C) channel pattern of each primitive
     subject_gain: np.ndarray    # (S, C)
     subject_offset: np.ndarray  # (S, C)
@@ -150,7 +155,8 @@ class SyntheticSpec:
         subj = np.random.default_rng([s.seed, 1])
         gain = np.exp(subj.normal(0.0, 0.25, size=(S, C)))
         offset = subj.normal(0.0, 0.5, size=(S, C))
-        return cls(C, S, s.raw_length, float(s.noise), s.seed, patterns, gain, offset)
+        return cls(C, S, s.raw_length, float(s.noise), s.seed, bool(s.random_phase),
+                   (float(s.cycles_min), float(s.cycles_max)), patterns, gain, offset)
 
 
 def check_synthetic(s: Any) -> None:
@@ -158,21 +164,37 @@ def check_synthetic(s: Any) -> None:
     problems = [f"data.synthetic.{k}={getattr(s, k)} must be >= {lo}" for k, lo in
                 (("num_windows", 1), ("num_channels", 1), ("num_subjects", 3), ("raw_length", MIN_RAW_LENGTH),
                  ("noise", 0), ("seed", 0)) if getattr(s, k) < lo]
+    if not 0 < s.cycles_min <= s.cycles_max:
+        problems.append(f"data.synthetic.cycles_min={s.cycles_min} and cycles_max={s.cycles_max} must satisfy "
+                        f"0 < cycles_min <= cycles_max")
     if problems:
         raise DataError("; ".join(problems))
 
 
 def segment_bounds(rng: np.random.Generator, T: int, k: int) -> np.ndarray:
-    """k random segments over T samples: bounds [k + 1] from 0 to T, each segment >= MIN_SEGMENT_FRACTION."""
-    p = MIN_SEGMENT_FRACTION + (1 - k * MIN_SEGMENT_FRACTION) * rng.dirichlet(np.full(k, DIRICHLET_ALPHA))
+    """k random segments over T samples: bounds [k + 1] from 0 to T, each segment >= MIN_SEGMENT_FRACTION
+    (or half the mean share 1 / k, when k segments would not fit at that minimum)."""
+    floor = min(MIN_SEGMENT_FRACTION, 0.5 / k)
+    p = floor + (1 - k * floor) * rng.dirichlet(np.full(k, DIRICHLET_ALPHA))
     bounds = np.round(np.cumsum(p) * T).astype(np.int64)
     return np.concatenate([[0], bounds[:-1], [T]])
+
+
+def window_primitives(spec: SyntheticSpec, rng: np.random.Generator, cycle: np.ndarray) -> np.ndarray:
+    """The primitive ids of a window's segments in order: the class cycle from a start (0, or random
+    with random_phase), round(c * len(cycle)) segments for c in [cycles_min, cycles_max]."""
+    lo, hi = spec.cycles
+    if not spec.random_phase and lo == hi == 1.0:
+        return cycle                                  # the original layout; draws nothing from rng
+    start = int(rng.integers(len(cycle))) if spec.random_phase else 0
+    n = max(1, int(round(rng.uniform(lo, hi) * len(cycle))))
+    return cycle[(start + np.arange(n)) % len(cycle)]
 
 
 def generate_raw(spec: SyntheticSpec, index: int) -> Tuple[np.ndarray, np.ndarray]:
     """Window `index` at raw resolution: signal float64 [C, T] and primitive id per sample int64 [T]."""
     rng = np.random.default_rng([spec.seed, 0, int(index)])
-    prims = CLASS_PRIMITIVE_IDS[class_of(spec.seed, np.array([index]))[0]]          # (5,)
+    prims = window_primitives(spec, rng, CLASS_PRIMITIVE_IDS[class_of(spec.seed, np.array([index]))[0]])
     T = spec.raw_length
     bounds = segment_bounds(rng, T, len(prims))
     x = np.empty((spec.num_channels, T))
