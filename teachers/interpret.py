@@ -1,7 +1,7 @@
 """Interpretability artefacts written with every VQShape teacher: a gallery of the distinct
 decoded shapes of the used codes (with usage counts), held-out windows with every token's shape
-drawn at its span, the code x sub-action matrix from the action decoder, and code-usage
-statistics (codes used, perplexity)."""
+drawn at its span, the code x sub-action matrix from the action decoder, held-out windows of each
+class coloured by decoded sub-action (ordered alignment), and code-usage statistics."""
 from __future__ import annotations
 
 import json
@@ -109,6 +109,45 @@ def action_matrix(teacher, counts: torch.Tensor, vocab_texts, path: Path) -> tor
     return probs
 
 
+@torch.no_grad()
+def subaction_windows(teacher, dataset, class_names, vocab_texts, path: Path) -> None:
+    """One held-out window per class (channel of largest variance): the background of the upper band
+    is coloured by the Viterbi sub-action given the true class, the lower band by the label-free
+    sub-action (argmax over the whole vocabulary, no class given); each time step takes the token
+    whose span covers it (kd.recovery.step_predictions). Legend: the sub-action sentences."""
+    from kd.recovery import step_predictions
+    labels = dataset.labels
+    picks = [int((labels == c).nonzero()[0][len((labels == c).nonzero()[0]) // 2])
+             for c in range(len(class_names)) if (labels == c).any()]
+    batch = [dataset[i] for i in picks]
+    x, y = torch.stack([b["x"] for b in batch]), torch.stack([b["y"] for b in batch])
+    dec = teacher.decode_subactions(x, y)                                   # (W*C, N) vocabulary ids
+    C, T = x.shape[1], x.shape[2]
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(len(picks), 1, figsize=(12, 1.9 * len(picks)), squeeze=False)
+    for row, ax in enumerate(axes[:, 0]):
+        c = int(x[row].var(dim=-1).argmax())
+        s = row * C + c
+        sig = x[row, c]
+        lo, hi = float(sig.min()), float(sig.max())
+        band = (hi - lo) * 0.15 + 1e-6
+        for k, (key, y0) in enumerate((("viterbi", hi + band), ("free", hi))):
+            steps = step_predictions(dec[key][s][None], dec["t"][s][None].float(), dec["l"][s][None].float(), T)[0]
+            ax.imshow(steps[None].numpy() % 20, aspect="auto", cmap=cmap, vmin=0, vmax=19,
+                      extent=(0, T - 1, y0, y0 + band), alpha=0.8)
+        ax.plot(range(T), sig.numpy(), color="k", lw=0.8)
+        ax.set_ylim(lo - 0.05 * band, hi + 2 * band)
+        ax.set_xlim(0, T - 1)
+        used = sorted(set(dec["viterbi"][s].tolist()) | set(dec["free"][s].tolist()))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(m % 20)) for m in used]
+        ax.legend(handles, [vocab_texts[m][:60] for m in used], fontsize=5, loc="lower left", ncol=2)
+        ax.set_title(f"{class_names[int(y[row])]} (window {picks[row]}, channel {c}): upper band = Viterbi "
+                     f"given the class, lower band = label-free", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_teacher_artifacts(teacher, splits, out_dir: Path, bank=None) -> Dict:
     """Writes shapes.png, code_actions.png (text-guided only) and code_usage.json into out_dir."""
     out_dir = Path(out_dir)
@@ -123,6 +162,9 @@ def write_teacher_artifacts(teacher, splits, out_dir: Path, bank=None) -> Dict:
         texts = list(bank.vocab_texts) if bank is not None else [str(i) for i in range(teacher.M)]
         action_matrix(teacher, counts, texts, out_dir / "code_actions.png")
         files.append("code_actions.png")
+        if teacher.fusion.action_target != "attention":
+            subaction_windows(teacher, splits.test, splits.class_names, texts, out_dir / "subaction_windows.png")
+            files.append("subaction_windows.png")
     (out_dir / "code_usage.json").write_text(json.dumps({**stats, "counts": counts.tolist()}))
     teacher.train(was)
     return {**stats, "files": [str(out_dir / f) for f in files]}
