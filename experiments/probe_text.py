@@ -1,4 +1,4 @@
-"""Sanity probe for the sub-action text (DESIGN.md §2; a tool, not part of training).
+"""Sanity probe for the sub-action text (METHOD.md §2; a tool, not part of training).
 
 Do a class's sub-action sentences carry the meaning of its label? An MLP maps the concatenated
 (zero-padded to K_max) sub-action embeddings of a class to its label embedding; it is trained on

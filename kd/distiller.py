@@ -1,6 +1,6 @@
 """Tasks the engine trains: a teacher on its own losses, and a student distilled from a teacher.
 
-Student total (../shared/DESIGN.md §6):
+Student total (METHOD.md §6):
     (1 - alpha) * L_ce + alpha * sum_i c_i * L_kd,i + lambda_align * L_align + sum_other lambda * L
 where L_kd,i sums the KD losses bound to knowledge source i (`kd.<loss>.source`), c_i are the
 fixed source weights or the mGLW dynamic coefficients, and "other" terms are unbound KD losses

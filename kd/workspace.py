@@ -1,6 +1,6 @@
 """mGLW-style global workspace: concept slots shared by the knowledge sources and the student.
 
-../shared/DESIGN.md §6 (`workspace`). Slot attention after Locatello et al. 2020
+METHOD.md §6 (`workspace`). Slot attention after Locatello et al. 2020
 (https://arxiv.org/abs/2006.15055); the global-workspace idea after VanRullen & Kanai 2021
 (https://arxiv.org/abs/2012.10390). Each knowledge source (teacher tokens) is projected to the
 student's token count L and width D; K learnable slots attend to it (softmax over slots,

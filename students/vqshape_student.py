@@ -1,5 +1,5 @@
 """Signal-only VQShape student that reuses the teacher's frozen shape codebook, shape decoder
-and action decoder (../shared/DESIGN.md §5), so its tokens live in the teacher's shape space."""
+and action decoder (METHOD.md §5), so its tokens live in the teacher's shape space."""
 from __future__ import annotations
 
 from typing import Dict, Optional

@@ -1,7 +1,7 @@
 """VQShape: interpretable shape tokens for time series.
 
 Wen et al., "Abstracted Shapes as Tokens", NeurIPS 2024 (https://arxiv.org/abs/2411.01006).
-Formulas follow ../shared/DESIGN.md §3 (= the official code's pretraining recipe). Channels
+Formulas: METHOD.md §3 (= the official code's pretraining recipe). Channels
 are folded into the batch: every series below is one channel of one window, (B*C, T).
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
     from kd.data import build_splits
     splits = build_splits(cfg.data)     # item: {"x": [C, L] float32, "y", "subject", "index"} (+ "subaction")
 
-`DATASETS` maps `data.name` to a builder taking the data config; see DESIGN.md §1.
+`DATASETS` maps `data.name` to a builder taking the data config; see METHOD.md §1.
 """
 from __future__ import annotations
 

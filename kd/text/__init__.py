@@ -1,4 +1,4 @@
-"""Text side (DESIGN.md §2): sub-action descriptions (YAML), a frozen sentence encoder with an
+"""Text side (METHOD.md §2): sub-action descriptions (YAML), a frozen sentence encoder with an
 on-disk cache, and the de-duplicated sub-action vocabulary, gathered in a `TextBank`.
 
     from kd.text import build_text_bank

