@@ -82,6 +82,13 @@ def teacher_tokens(teacher, head: str = "action_logits") -> TokenFn:
     return fn
 
 
+def class_loglik(teacher, out: Dict, y: torch.Tensor, p_stay: float) -> torch.Tensor:
+    """Alignment log-likelihood (B*C,) of every series under class y."""
+    from teachers.alignment import chain_posteriors, class_emissions
+    centre, ids, n_states = teacher.class_rows(out, y)
+    return chain_posteriors(class_emissions(out["sub_scores"], centre, ids)[0], n_states, p_stay=p_stay)[1]
+
+
 @torch.no_grad()
 def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     """What ordered alignment learned, on held-out windows (no ground truth needed):
@@ -90,19 +97,20 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     `likelihood_class_acc` = accuracy of naming a window's class by its best alignment likelihood
     (summed over channels); `decoder_vocab_share` = share of the vocabulary that is the top
     sub-action of some used shape code under the action decoder."""
-    from teachers.alignment import chain_posteriors, chain_viterbi
+    from teachers.alignment import chain_viterbi, class_emissions
     agree, tokens, right, windows, used = 0, 0, 0, 0, set()
     n_cls, C, p = len(teacher.class_index), teacher.num_channels, teacher.fusion.align_p_stay
     for batch in DataLoader(dataset, batch_size=batch_size):
         x, y = batch["x"], batch["y"]
         out = teacher(x, keys="vocab", reconstruct=False)
-        emit, n_states, order, ids = teacher.class_emissions(out, y)
+        centre, ids, n_states = teacher.class_rows(out, y)
+        emit, order = class_emissions(out["sub_scores"], centre, ids)
         path, _ = chain_viterbi(emit, n_states, p_stay=p)
         viterbi = torch.empty_like(path).scatter_(1, order, ids.gather(1, path))   # vocabulary ids, token order
         agree += int((viterbi == out["sub_scores"].argmax(-1)).sum())
         tokens += viterbi.numel()
-        lik = torch.stack([chain_posteriors(*teacher.class_emissions(out, torch.full_like(y, c))[:2], p_stay=p)[1]
-                           .view(len(y), C).sum(1) for c in range(n_cls)], dim=1)   # (B, n_cls)
+        lik = torch.stack([class_loglik(teacher, out, torch.full_like(y, c), p).view(len(y), C).sum(1)
+                           for c in range(n_cls)], dim=1)                            # (B, n_cls)
         right += int((lik.argmax(1) == y).sum())
         windows += len(y)
         used.update(out["code_idx"].flatten().tolist())

@@ -102,3 +102,40 @@ def chain_viterbi(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool =
         state = torch.where(back, prev.gather(1, state[:, None]).squeeze(1), state)
         path[:, t - 1] = state
     return path, score
+
+
+# ----------------------------------------------------------------------------- targets over a vocabulary
+def class_emissions(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tokens ordered by span centre and their log-probabilities over the class's ordered entries.
+    scores (S, N, M) over the whole vocabulary; centre (S, N); ids (S, K) vocabulary ids of each
+    sequence's class sub-actions in order (padding: any id, masked by n_states downstream).
+    -> (emissions (S, N, K) in centre order, order (S, N): token index at each ordered position)."""
+    log_p = scores.float().log_softmax(dim=-1)
+    order = centre.argsort(dim=1)
+    log_p = log_p.gather(1, order[..., None].expand_as(log_p))
+    return log_p.gather(2, ids[:, None, :].expand(-1, log_p.shape[1], -1)), order
+
+
+def to_vocabulary(state_probs: torch.Tensor, order: torch.Tensor, ids: torch.Tensor, n_states: torch.Tensor,
+                  M: int) -> torch.Tensor:
+    """Per-state probabilities in centre order (S, N, K) -> per-token vocabulary distributions in the
+    tokens' own order (S, N, M); padding states contribute nothing."""
+    valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < n_states[:, None]
+    probs = state_probs * valid[:, None, :]
+    voc = probs.new_zeros(*probs.shape[:2], M).scatter_add_(2, ids[:, None, :].expand_as(probs), probs)
+    return torch.empty_like(voc).scatter_(1, order[..., None].expand_as(voc), voc)
+
+
+@torch.no_grad()
+def alignment_targets(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Tensor, n_states: torch.Tensor,
+                      ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
+    """The E-step: per-token targets over the vocabulary (S, N, M), without gradient. ordered: chain
+    posteriors of the class's cyclic sub-action order; else the scores' softmax restricted to the
+    class's entries (the set of its sub-actions, no order)."""
+    emit, order = class_emissions(scores, centre, ids)
+    if ordered:
+        post, _ = chain_posteriors(emit, n_states, cyclic=True, p_stay=p_stay)
+    else:
+        valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < n_states[:, None]
+        post = emit.masked_fill(~valid[:, None, :], NEG).softmax(dim=-1)
+    return to_vocabulary(post, order, ids, n_states, scores.shape[-1])

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.alignment import chain_posteriors, chain_viterbi
+from teachers.alignment import alignment_targets, chain_posteriors, chain_viterbi, class_emissions
 from teachers.layers import MLP, Attention
 from teachers.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -174,35 +174,16 @@ class MMVQShape(VQShape):
         return tok @ txt.t() / self.fusion.sub_temperature
 
     # -- ordered alignment --------------------------------------------------------------
-    def class_emissions(self, out: Dict[str, torch.Tensor], y: torch.Tensor):
-        """Log-probabilities of each token (ordered by span centre) over its class's ordered sub-actions.
-        -> (emissions (B*C, N, K), states per row (B*C,), token order (B*C, N), class ids (B*C, K))."""
-        C = self.num_channels
-        log_p = out["sub_scores"].float().log_softmax(dim=-1)               # over the whole vocabulary
-        yc = y.repeat_interleave(C)
-        ids, n_states = self.class_index[yc], self.class_mask[yc].sum(dim=1)
-        order = (out["t"] + out["l"] / 2).squeeze(-1).argsort(dim=1)        # (B*C, N) by span centre
-        log_p = log_p.gather(1, order[..., None].expand_as(log_p))
-        emit = log_p.gather(2, ids[:, None, :].expand(-1, log_p.shape[1], -1))
-        return emit, n_states, order, ids
+    def class_rows(self, out: Dict[str, torch.Tensor], y: torch.Tensor):
+        """Per series (B*C): span centres (B*C, N), the class's ordered vocabulary ids (B*C, K) and
+        how many are real (B*C,)."""
+        yc = y.repeat_interleave(self.num_channels)
+        return (out["t"] + out["l"] / 2).squeeze(-1), self.class_index[yc], self.class_mask[yc].sum(dim=1)
 
-    def unsort_to_vocab(self, state_probs: torch.Tensor, order: torch.Tensor, ids: torch.Tensor,
-                        valid: torch.Tensor) -> torch.Tensor:
-        """Per-state probabilities in span-centre order (B', N, K) -> vocabulary targets in token order (B', N, M)."""
-        probs = (state_probs * valid[:, None, :]).detach()
-        voc = probs.new_zeros(*probs.shape[:2], self.M).scatter_add_(2, ids[:, None, :].expand_as(probs), probs)
-        return torch.empty_like(voc).scatter_(1, order[..., None].expand_as(voc), voc)
-
-    @torch.no_grad()
     def alignment_targets(self, out: Dict[str, torch.Tensor], y: torch.Tensor, ordered: bool) -> torch.Tensor:
         """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set)."""
-        emit, n_states, order, ids = self.class_emissions(out, y)
-        valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < n_states[:, None]
-        if ordered:
-            post, _ = chain_posteriors(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
-        else:
-            post = emit.masked_fill(~valid[:, None, :], float("-inf")).softmax(dim=-1)
-        return self.unsort_to_vocab(post, order, ids, valid)
+        centre, ids, n_states = self.class_rows(out, y)
+        return alignment_targets(out["sub_scores"], centre, ids, n_states, ordered, self.fusion.align_p_stay)
 
     @torch.no_grad()
     def decode_subactions(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -210,7 +191,8 @@ class MMVQShape(VQShape):
         token on the best ordered path given class y; `free` = argmax of its label-free scores;
         `loglik` (B*C,) = the window-channel's alignment log-likelihood under class y."""
         out = self(x, keys="vocab", reconstruct=False)
-        emit, n_states, order, ids = self.class_emissions(out, y)
+        centre, ids, n_states = self.class_rows(out, y)
+        emit, order = class_emissions(out["sub_scores"], centre, ids)
         path, _ = chain_viterbi(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
         _, loglik = chain_posteriors(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
         voc_sorted = ids.gather(1, path)                                     # (B*C, N) in span-centre order

@@ -78,3 +78,56 @@ def test_bad_input_names_the_problem():
         chain_posteriors(torch.zeros(2, 4, 3), torch.tensor([3, 4]))
     with pytest.raises(ValueError, match="p_stay=1.0 must lie in"):
         chain_viterbi(torch.zeros(1, 4, 3), torch.tensor([3]), p_stay=1.0)
+
+
+# ----------------------------------------------------------------------------- learning from the order
+CYCLES = torch.tensor([[0, 1, 2, 3], [2, 4, 0, 5], [5, 3, 1, 4], [1, 0, 4, 2]])   # 4 classes over 6 sub-actions
+P, D, N = 6, 16, 12
+
+
+def token_windows(n, g, protos, noise=0.8):
+    """n windows of N tokens: a random start in the class cycle, advancing with probability 0.35 per
+    token; each token's feature is its sub-action's prototype plus noise. -> (features, class, truth)."""
+    y = torch.randint(0, len(CYCLES), (n,), generator=g)
+    truth = torch.empty(n, N, dtype=torch.long)
+    for i in range(n):
+        state = int(torch.randint(0, 4, (1,), generator=g))
+        for t in range(N):
+            truth[i, t] = CYCLES[y[i], state]
+            state = (state + int(torch.rand(1, generator=g) < 0.35)) % 4
+    return protos[truth] + noise * torch.randn(n, N, D, generator=g), y, truth
+
+
+def learn_scores(ordered: bool, seed: int = 0, steps: int = 120, warm: int = 30) -> float:
+    """Train token/text projections on E-step targets only (class known, sub-actions never shown);
+    -> held-out token accuracy of the label-free argmax over the vocabulary."""
+    from teachers.alignment import alignment_targets
+    g = torch.Generator().manual_seed(seed)
+    protos, text = torch.randn(P, D, generator=g), torch.randn(P, 8, generator=g)   # text says nothing of shape
+    torch.manual_seed(seed)
+    tok, txt = torch.nn.Linear(D, 16), torch.nn.Linear(8, 16)
+    opt = torch.optim.Adam([*tok.parameters(), *txt.parameters()], lr=1e-2)
+
+    def scores(f):
+        return torch.nn.functional.normalize(tok(f), dim=-1) @ torch.nn.functional.normalize(txt(text), dim=-1).t() / 0.1
+
+    for step in range(steps):
+        f, y, _ = token_windows(64, g, protos)
+        shuffle = torch.randperm(N, generator=g)                     # tokens arrive out of time order;
+        f, centre = f[:, shuffle], torch.arange(N).float()[shuffle].expand(64, N)   # their centres give it
+        s = scores(f)
+        p = alignment_targets(s, centre, CYCLES[y], torch.full((64,), 4), ordered and step >= warm, p_stay=0.65)
+        loss = -(p * s.log_softmax(-1)).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    f, _, truth = token_windows(400, torch.Generator().manual_seed(99), protos)
+    with torch.no_grad():
+        return (scores(f).argmax(-1) == truth).float().mean().item()
+
+
+def test_order_teaches_which_sub_action_each_token_is():
+    # majority chance here is about 1 / 6 per token; the set of a class's sub-actions alone leaves
+    # the within-class identity open, the order pins it down
+    ordered, set_only = learn_scores(True), learn_scores(False)
+    assert ordered >= 0.95 and set_only <= 0.8, (ordered, set_only)
