@@ -327,10 +327,18 @@ def compare_paired(units: Dict, ref: Dict, metric: str, n_boot: int) -> Optional
             "diff_by_fold": {str(f): float(np.mean(v)) for f, v in sorted(by_fold.items())}}
 
 
+def code_version() -> Dict:
+    """The commit the study's runs execute (and whether the tree had uncommitted changes): a study
+    that spans code changes measures a moving target, so run it from a clean checkout or worktree."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "*.py"))}
+
+
 def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
     got = collect(spec, folds, runs)
     ref = got["methods"][spec.reference]
-    out = {"study": spec.name, "scheme": spec.scheme, "folds": folds, "seeds": list(spec.seeds),
+    out = {"study": spec.name, "code": code_version(), "scheme": spec.scheme, "folds": folds, "seeds": list(spec.seeds),
            "reference": spec.reference, "methods": {}, "comparisons": {}}
     for name, units in got["methods"].items():
         if not units:
@@ -454,6 +462,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         return {}
     failures = []
     if not args.report_only:
+        code = code_version()
+        if code["dirty"]:
+            print("[cv] WARNING: the code has uncommitted changes; runs started later will see any further edits. "
+                  "Run studies from a clean checkout (e.g. git worktree add ../study HEAD).")
         write_study_file(spec, root)
         t0 = time.time()
         failures = execute(runs, parallel)
