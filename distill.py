@@ -34,8 +34,13 @@ def main(argv=None) -> dict:
     from kd.pipeline import end_processes, run   # heavy imports after the config is known to be valid
     results = run(cfg)
     if PartialState().is_main_process:
-        summary = {k: {m: v.get(m) for m in ("accuracy", "macro_f1", "params")}
+        # parameters at inference: a student's deployed count (no adapter, workspace prior read-out only)
+        summary = {k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"],
+                       "params_inference": v.get("params_inference", v["params"])}
                    for k, v in results.items() if isinstance(v, dict) and "accuracy" in v}
+        if "student" in summary and "baseline" in summary:
+            summary["student_minus_alone"] = {m: round(summary["student"][m] - summary["baseline"][m], 4)
+                                              for m in ("accuracy", "macro_f1")}
         health = results.get("teacher", {}).get("health")
         print(json.dumps({"run_dir": cfg.run_dir, "test": summary, "wall_s": round(results["wall_s"], 1),
                           "peak_rss_mb": round(results["peak_rss_mb"]),

@@ -8,26 +8,23 @@ torch.inference_mode with torch.set_num_threads(1), after warm-up, --rounds roun
 every model in turn, each taking the median of --runs // --rounds calls; the latency printed is
 the median over rounds, so slow drift of the machine hits every model alike.
 
-    python experiments/bench_latency.py [--runs 600] [--rounds 6]
+    python -m experiments.bench_latency [--runs 600] [--rounds 6]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.config import load_config  # noqa: E402
-from kd.workspace import Workspace  # noqa: E402
-from students import build_student  # noqa: E402
-from students.fused import FusedCNN  # noqa: E402
-from teachers import build_teacher  # noqa: E402
-from teachers.layers import param_count  # noqa: E402
+from kd.config import load_config
+from kd.workspace import Workspace
+from students import build_student
+from students.fused import FusedCNN
+from teachers import build_teacher
+from teachers.layers import param_count
 
 C, N_CLS, M, K = 6, 7, 38, 8
 

@@ -5,7 +5,7 @@ Runs `accelerate launch [--multi_gpu --num_processes 2] distill.py stage=teacher
 each takes half of every epoch's batches and (train.num_threads unset) uses
 CPUs / processes threads.
 
-    python experiments/bench_multiprocess.py [--epochs 2]
+    python -m experiments.bench_multiprocess [--epochs 2]
 """
 from __future__ import annotations
 

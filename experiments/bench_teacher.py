@@ -8,7 +8,7 @@ extra cost of text fusion (MMVQShape vs VQShape) on 6-channel windows.
 The official code is not part of this project: check it out and point --official at it,
 e.g. the `vqshape/` package of github:YunshiWen/VQShape (needs `pip install einops`):
 
-    python experiments/bench_teacher.py --official /path/to/VQShape [--threads 2]
+    python -m experiments.bench_teacher --official /path/to/VQShape [--threads 2]
 """
 from __future__ import annotations
 
@@ -16,15 +16,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.config import FusionConfig, VQShapeConfig  # noqa: E402
-from teachers.mmvqshape import MMVQShape  # noqa: E402
-from teachers.vqshape import VQShape  # noqa: E402
+from kd.config import FusionConfig, VQShapeConfig
+from teachers.mmvqshape import MMVQShape
+from teachers.vqshape import VQShape
 
 CONFIGS_ALL = {  # name: (dim, enc/tok layers, dec layers, heads, len_s)
     "d256": (256, 4, 2, 8, 128),

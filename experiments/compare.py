@@ -1,6 +1,6 @@
 """Compare runs of distill.py: one table and overlaid curves.
 
-    python experiments/compare.py RUN_DIR [RUN_DIR ...] --out OUT_DIR [--stage student] [--group-seeds]
+    python -m experiments.compare RUN_DIR [RUN_DIR ...] --out OUT_DIR [--stage student] [--group-seeds]
                                   [--curve-seed 0]
 
 Writes OUT_DIR/table.md and table.csv (held-out accuracy, macro-F1, parameter count and training

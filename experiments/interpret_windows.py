@@ -5,12 +5,11 @@ tokens with the longest spans, each span's decoded shape (mapped back to the sig
 L_s) drawn over it, and the sub-action sentence the action decoder gives for its shape code.
 Computed without label text (the whole vocabulary as keys).
 
-    python experiments/interpret_windows.py --run-dir runs/default --windows 3 --tokens 5 --out FIG.png
+    python -m experiments.interpret_windows --run-dir runs/default --windows 3 --tokens 5 --out FIG.png
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,7 +18,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd.evaluate import load_run_teacher  # noqa: E402
 
 

@@ -11,8 +11,8 @@ some classes and tested on held-out ones (leave-`--heldout`-classes-out over eve
 With only a few classes to learn from, a probe near reference 2 means the MLP learned the average
 label; above it, the sub-actions carry label information that transfers to unseen classes.
 
-    python experiments/probe_text.py --dataset watch --heldout 2 --seeds 3
-    python experiments/probe_text.py --file my_classes.yaml          # any description file
+    python -m experiments.probe_text --dataset watch --heldout 2 --seeds 3
+    python -m experiments.probe_text --file my_classes.yaml          # any description file
 """
 from __future__ import annotations
 
@@ -20,17 +20,14 @@ import argparse
 import itertools
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.config import TextConfig  # noqa: E402
-from kd.text import build_text_bank, default_file, read_class_names  # noqa: E402
+from kd.config import TextConfig
+from kd.text import build_text_bank, default_file, read_class_names
 
 
 def padded(bank) -> torch.Tensor:

@@ -4,7 +4,7 @@ Noise is added per window and channel with power = signal power / 10^(SNR/10) (s
 variance of that channel of that window), with a fixed seed, to the resampled test windows; the
 models are the saved teacher and exported students of `distill.py` run directories.
 
-    python experiments/robustness.py --teacher RUN --baseline RUN --student RUN [--snr inf,20,10,5,0] [--seeds 0,1,2]
+    python -m experiments.robustness --teacher RUN --baseline RUN --student RUN [--snr inf,20,10,5,0] [--seeds 0,1,2]
 """
 from __future__ import annotations
 
@@ -12,15 +12,13 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.metrics import classification_report  # noqa: E402
-from kd.evaluate import load_run, load_run_teacher  # noqa: E402
-from kd.predict import Predictor  # noqa: E402
+from kd.metrics import classification_report
+from kd.evaluate import load_run, load_run_teacher
+from kd.predict import Predictor
 
 
 def add_noise(x: torch.Tensor, snr_db: float, seed: int) -> torch.Tensor:

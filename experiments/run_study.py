@@ -1,7 +1,7 @@
 """The study behind experiments/RESULTS.md: every number there comes from a run directory this
 script makes with `distill.py` (one process each; `--dry-run` prints the commands).
 
-    python experiments/run_study.py [--seeds 0,1,2] [--root runs/study] [--only watch|synthetic]
+    python -m experiments.run_study [--seeds 0,1,2] [--root runs/study] [--only watch|synthetic]
 
 watch (held-out subjects 9-10), per seed:
   teacher_text / teacher_signal     text-guided vs signal-only VQShape teacher (stage=teacher)

@@ -1,18 +1,16 @@
 """Where a VQShape teacher's tokens sit: quantiles of span start t, length l and end min(t + l, 1)
 over the first --windows held-out windows (every channel and token), as fractions of the window.
 
-    python experiments/span_stats.py RUN_DIR [RUN_DIR ...] [--windows 64]
+    python -m experiments.span_stats RUN_DIR [RUN_DIR ...] [--windows 64]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kd.evaluate import load_run_teacher  # noqa: E402
+from kd.evaluate import load_run_teacher
 
 
 def main():

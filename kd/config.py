@@ -353,6 +353,24 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"each kd.extra_teachers entry needs a name without '/' and a checkpoint, got {dict(t)}")
     if len(set(extra)) != len(extra):
         raise ConfigError(f"kd.extra_teachers names must be unique, got {extra}")
+    if cfg.teacher.arch != "none":   # checks of the distillation settings, before anything trains
+        check_kd(cfg.kd, names)
+
+
+KD_LOSS_KEYS = ("logit_kd", "attr", "code_kl", "action_kl", "feature", "sp")
+
+
+def check_kd(kd: DictConfig, source_names: List[str]) -> None:
+    """Cross-key checks of a pairing's KD settings: every enabled loss's source is a declared source,
+    and dynamic coefficients have the workspace they come from."""
+    for name in KD_LOSS_KEYS:
+        c = kd[name]
+        if c.weight > 0 and c.source is not None and c.source not in source_names:
+            raise ConfigError(f"kd.{name}.source={c.source!r} is not one of kd.sources {source_names}; "
+                              f"add a source named {c.source!r} to kd.sources or change kd.{name}.source")
+    if kd.coef == "dynamic" and not kd.workspace.enabled:
+        raise ConfigError("kd.coef=dynamic takes its coefficients from the workspace: set "
+                          "kd.workspace.enabled=true, or use kd.coef=fixed")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -116,17 +116,9 @@ class Distiller(nn.Module):
             t_dims = {"feature_dim": t_out["features"].shape[1], "feature_len": t_out["features"].shape[2]} \
                 if "features" in t_out else {}
             self.losses.update({n: build_loss(n, c, s_dims, t_dims) for n, c in self.loss_cfg.items()})
+        # loss sources and dynamic coefficients were checked against each other at config load
         self.source_names = [s.name for s in kd_cfg.sources]
-        self.check_sources()
         self.workspace = self.build_workspace(s_out, t_out) if kd_cfg.workspace.enabled and self.has_teacher else None
-        if kd_cfg.coef == "dynamic" and self.workspace is None and self.has_teacher:
-            raise ValueError("kd.coef=dynamic needs the workspace (set kd.workspace.enabled=true) "
-                             "or use kd.coef=fixed")
-
-    def check_sources(self) -> None:
-        for name, c in self.loss_cfg.items():
-            if c.source is not None and c.source not in self.source_names:
-                raise ValueError(f"kd.{name}.source={c.source!r} is not one of kd.sources {self.source_names}")
 
     def build_workspace(self, s_out: Dict, t_out: Dict) -> Workspace:
         specs = []

@@ -14,7 +14,7 @@ design's KIS_i^T; the token-renormalised weights are used only for the weighted 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -124,9 +124,6 @@ class Workspace(nn.Module):
     def track_coefficients_(self, coef: torch.Tensor, momentum: float = 0.9) -> None:
         """EMA of the dynamic coefficients, used on prior-only steps (no source -> no distance)."""
         self.coef_ema.mul_(momentum).add_((1 - momentum) * coef.to(self.coef_ema.dtype))
-
-    def source_names(self) -> List[str]:
-        return list(self.names)
 
 
 def small_softmax(x: torch.Tensor) -> torch.Tensor:

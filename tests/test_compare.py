@@ -1,14 +1,12 @@
 """The compare tool on tiny generated runs with known numbers."""
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import compare  # noqa: E402
+from experiments import compare
 
 
 def fake_run(root: Path, name: str, acc: float, coef: float) -> Path:

@@ -32,10 +32,19 @@ def test_overrides_and_required_keys():
     ("student.vqshape.dim=30", "student.vqshape.dim=30 must be divisible"),
     ("kd.alpha=1.5", "kd.alpha=1.5 must lie in"),
     ("train.epochs", "key=value"),
+    ("kd.attr.source=shapes", r"kd.attr.source='shapes' is not one of kd.sources \['shape', 'action'\]; add"),
+    ("kd.workspace.enabled=false", "kd.coef=dynamic takes its coefficients from the workspace"),
+    ("train.teacher_ssl_epochs=2 teacher.arch=wrn16_3", "needs a VQShape teacher"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(overrides=[override])
+        load_config("configs/default.yaml", overrides=override.split(" "))
+
+
+def test_the_config_knows_every_kd_loss():
+    from kd.config import KD_LOSS_KEYS
+    from kd.losses import LOSSES
+    assert set(KD_LOSS_KEYS) == set(LOSSES)
 
 
 def test_typo_in_a_yaml_file_names_the_key(tmp_path):

@@ -1,7 +1,6 @@
 """The speed-motivated layers keep the maths: dropout distribution, attention paths agree."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from teachers.layers import Attention, Dropout
 

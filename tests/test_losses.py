@@ -1,6 +1,4 @@
 """KD losses against hand-computed values, direct numpy references and their invariants."""
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """Sub-action recovery metric on hand-made spans, and end to end on synthetic data."""
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.config import KDConfig, LossConfig, SourceConfig, WorkspaceConfig, load_config
-from kd.distiller import Distiller
+from kd.config import ConfigError, SourceConfig, validate_config, WorkspaceConfig, load_config
 from kd.workspace import Workspace, dynamic_coefficients, slot_attention_maps
 
 
@@ -136,8 +135,8 @@ def test_pairing_errors_say_what_differs(tiny_pair):
         build_distiller(bad, splits, teacher, student_freeze=True)
     bad = copy.deepcopy(cfg)
     bad.kd.logit_kd.source = "nope"
-    with pytest.raises(ValueError, match="kd.logit_kd.source='nope' is not one of"):
-        build_distiller(bad, splits, teacher, student_freeze=True)
+    with pytest.raises(ConfigError, match="kd.logit_kd.source='nope' is not one of"):   # caught at config load
+        validate_config(bad)
 
 
 def test_no_teacher_baseline_is_plain_cross_entropy(tiny_pair):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from .core import DataError, Splits, nearest_indices, resample, resample_nearest
+from .core import DataError, Splits, nearest_indices, resample
 from .npz import build_npz
 from .synthetic import build_synthetic
 from .watch import build_watch
@@ -28,4 +28,4 @@ def build_splits(cfg: Any) -> Splits:
     return DATASETS[cfg.name](cfg)
 
 
-__all__ = ["DATASETS", "DataError", "Splits", "build_splits", "nearest_indices", "resample", "resample_nearest"]
+__all__ = ["DATASETS", "DataError", "Splits", "build_splits", "nearest_indices", "resample"]

@@ -52,11 +52,6 @@ def nearest_indices(T: int, length: int) -> np.ndarray:
     return (2 * j * (T - 1) + (length - 1)) // (2 * (length - 1))
 
 
-def resample_nearest(labels: np.ndarray, length: int) -> np.ndarray:
-    """Per-time-step labels [..., T] -> [..., length] on the same grid as `resample` (nearest neighbour)."""
-    return labels[..., nearest_indices(labels.shape[-1], length)]
-
-
 # --------------------------------------------------------------------------- datasets
 class TensorWindows(Dataset):
     """In-memory windows: one preallocated float32 tensor [N, C, L], resampled once at build time."""

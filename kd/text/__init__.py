@@ -4,9 +4,6 @@ on-disk cache, and the de-duplicated sub-action vocabulary, gathered in a `TextB
     from kd.text import build_text_bank
     bank = build_text_bank(cfg.text, class_names, cfg.data.name)   # bank.M: vocabulary size, log it
     bank.label_emb (n_cls, D) · bank.vocab_emb (M, D) · bank.class_index (n_cls, K_max), -1 = padding
-
-`bank.state_dict()` (tensors, for safetensors) + `bank.meta()` (JSON: texts, model, threshold)
-round-trip exactly through `TextBank.from_state_dict(state, meta)`.
 """
 from __future__ import annotations
 
@@ -24,8 +21,6 @@ from kd.text.vocab import Vocabulary, build_vocabulary
 __all__ = ["BUNDLED", "ClassDescriptions", "TextBank", "TextEncoder", "TextError", "TextModelError", "Vocabulary",
            "build_text_bank", "build_vocabulary", "default_file", "description_file", "load_descriptions",
            "read_class_names"]
-
-STATE_KEYS = ("label_emb", "sub_emb", "vocab_emb", "class_index", "class_mask")
 
 
 @dataclass
@@ -66,32 +61,12 @@ class TextBank:
     def dim(self) -> int:
         return self.label_emb.shape[1]
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        """Tensors only (safetensors-ready); the texts live in `meta()`."""
-        t = {"label_emb": self.label_emb, "sub_emb": torch.cat(self.sub_emb_per_class), "vocab_emb": self.vocab.emb,
-             "class_index": self.vocab.class_index, "class_mask": self.vocab.class_mask}
-        return {k: v.detach().cpu().contiguous() for k, v in t.items()}
-
     def meta(self) -> Dict:
         """JSON-able: model, threshold, class names, every sentence, vocabulary texts."""
         d = self.descriptions
         return {"model": self.model, "threshold": self.threshold, "class_names": list(d.class_names),
                 "labels": list(d.labels), "subactions": [list(s) for s in d.subactions],
                 "primitives": dict(d.primitives), "file": d.path, "vocab_texts": list(self.vocab.texts)}
-
-    @classmethod
-    def from_state_dict(cls, state: Dict[str, torch.Tensor], meta: Dict) -> "TextBank":
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing:
-            raise TextError(f"text bank state lacks {missing}; it holds {sorted(state)}")
-        sizes = [len(s) for s in meta["subactions"]]
-        if state["sub_emb"].shape[0] != sum(sizes) or len(meta["vocab_texts"]) != state["vocab_emb"].shape[0]:
-            raise TextError("text bank state and meta disagree on the number of sub-actions or vocabulary entries")
-        desc = ClassDescriptions(meta["class_names"], meta["labels"], meta["subactions"], meta["primitives"],
-                                 meta["file"])
-        vocab = Vocabulary(list(meta["vocab_texts"]), state["vocab_emb"], state["class_index"], state["class_mask"])
-        return cls(desc, state["label_emb"], list(state["sub_emb"].split(sizes)), vocab, meta["model"],
-                   meta["threshold"])
 
 
 def description_file(text_cfg, dataset: str) -> Path:
