@@ -153,6 +153,12 @@ class FusionConfig:
     lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
     align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
     align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
+    # Emissions of the E-step: "scaled" = log softmax(scores) - log prior (hybrid HMM: a likelihood up
+    # to a per-token constant; the prior is an EMA of the mean softmax over training tokens), so a
+    # sub-action shared by many classes cannot absorb every token; "posterior" = log softmax(scores),
+    # which collapses onto the most shared sub-action (experiments/subactions.md).
+    align_emission: str = "scaled"
+    align_prior_momentum: float = 0.99
 
 
 @dataclass
@@ -287,6 +293,7 @@ CHOICES = {
     "teacher.fusion.vocab_mix": ("sample", "batch"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
+    "teacher.fusion.align_emission": ("scaled", "posterior"),
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),

@@ -86,7 +86,7 @@ def class_loglik(teacher, out: Dict, y: torch.Tensor, p_stay: float) -> torch.Te
     """Alignment log-likelihood (B*C,) of every series under class y."""
     from teachers.alignment import chain_posteriors, class_emissions
     centre, ids, n_states = teacher.class_rows(out, y)
-    return chain_posteriors(class_emissions(out["sub_scores"], centre, ids)[0], n_states, p_stay=p_stay)[1]
+    return chain_posteriors(class_emissions(teacher.emission_scores(out), centre, ids)[0], n_states, p_stay=p_stay)[1]
 
 
 @torch.no_grad()
@@ -104,7 +104,7 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
         x, y = batch["x"], batch["y"]
         out = teacher(x, keys="vocab", reconstruct=False)
         centre, ids, n_states = teacher.class_rows(out, y)
-        emit, order = class_emissions(out["sub_scores"], centre, ids)
+        emit, order = class_emissions(teacher.emission_scores(out), centre, ids)
         path, _ = chain_viterbi(emit, n_states, p_stay=p)
         viterbi = torch.empty_like(path).scatter_(1, order, ids.gather(1, path))   # vocabulary ids, token order
         agree += int((viterbi == out["sub_scores"].argmax(-1)).sum())

@@ -87,6 +87,7 @@ class MMVQShape(VQShape):
         self.sub_tok = nn.Linear(d, fusion.sub_dim)                           # P_h
         self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                          # P_u
         self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
+        self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))        # EMA of mean softmax(scores)
 
     @staticmethod
     def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:
@@ -180,10 +181,23 @@ class MMVQShape(VQShape):
         yc = y.repeat_interleave(self.num_channels)
         return (out["t"] + out["l"] / 2).squeeze(-1), self.class_index[yc], self.class_mask[yc].sum(dim=1)
 
+    def emission_scores(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The scores the chain reads (B*C, N, M): with align_emission=scaled, log softmax(scores) minus
+        the log prior of each entry (a likelihood up to a per-token constant), else the scores."""
+        s = out["sub_scores"].detach().float()
+        if self.fusion.align_emission == "scaled":
+            s = s.log_softmax(dim=-1) - self.sub_prior.clamp(min=1e-8).log()
+        return s
+
+    @torch.no_grad()
+    def update_prior(self, out: Dict[str, torch.Tensor]) -> None:
+        m = self.fusion.align_prior_momentum
+        self.sub_prior.mul_(m).add_((1 - m) * out["sub_scores"].detach().float().softmax(-1).mean(dim=(0, 1)))
+
     def alignment_targets(self, out: Dict[str, torch.Tensor], y: torch.Tensor, ordered: bool) -> torch.Tensor:
         """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set)."""
         centre, ids, n_states = self.class_rows(out, y)
-        return alignment_targets(out["sub_scores"], centre, ids, n_states, ordered, self.fusion.align_p_stay)
+        return alignment_targets(self.emission_scores(out), centre, ids, n_states, ordered, self.fusion.align_p_stay)
 
     @torch.no_grad()
     def decode_subactions(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -192,7 +206,7 @@ class MMVQShape(VQShape):
         `loglik` (B*C,) = the window-channel's alignment log-likelihood under class y."""
         out = self(x, keys="vocab", reconstruct=False)
         centre, ids, n_states = self.class_rows(out, y)
-        emit, order = class_emissions(out["sub_scores"], centre, ids)
+        emit, order = class_emissions(self.emission_scores(out), centre, ids)
         path, _ = chain_viterbi(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
         _, loglik = chain_posteriors(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
         voc_sorted = ids.gather(1, path)                                     # (B*C, N) in span-centre order
@@ -226,6 +240,8 @@ class MMVQShape(VQShape):
             terms["act"] = f.lambda_act * masked_mean(act, cm.repeat_interleave(C))
         else:
             ordered = f.action_target == "ordered" and int(self.align_steps) >= f.align_warmup_steps
+            if self.training:
+                self.update_prior(out)
             p = self.alignment_targets(out, y, ordered)
             if self.training:
                 self.align_steps += 1

@@ -131,3 +131,58 @@ def test_order_teaches_which_sub_action_each_token_is():
     # the within-class identity open, the order pins it down
     ordered, set_only = learn_scores(True), learn_scores(False)
     assert ordered >= 0.95 and set_only <= 0.8, (ordered, set_only)
+
+
+SHARED = torch.tensor([[0, 1, 2, 3], [0, 4, 5, 1], [0, 3, 6, 4], [0, 2, 5, 6]])   # sub-action 0 in every class
+
+
+def learn_with_shared_sub_action(emission: str, seed: int = 0, steps: int = 250, noise: float = 1.5):
+    """As the teacher has it: a learned encoder under the scores, noisy features, and one sub-action
+    that every class holds. -> (held-out token accuracy, share of tokens predicted as sub-action 0)."""
+    from teachers.alignment import alignment_targets
+    g = torch.Generator().manual_seed(seed)
+    protos, text = torch.randn(7, D, generator=g), torch.randn(7, 8, generator=g)
+    torch.manual_seed(seed)
+    enc = torch.nn.Sequential(torch.nn.Linear(D, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+    txt = torch.nn.Linear(8, 16)
+    opt = torch.optim.Adam([*enc.parameters(), *txt.parameters()], lr=3e-3)
+
+    def scores(f):
+        return torch.nn.functional.normalize(enc(f), dim=-1) @ torch.nn.functional.normalize(txt(text), dim=-1).t() / 0.1
+
+    def sample(n, gen):
+        y = torch.randint(0, 4, (n,), generator=gen)
+        truth = torch.empty(n, N, dtype=torch.long)
+        for i in range(n):
+            state = int(torch.randint(0, 4, (1,), generator=gen))
+            for t in range(N):
+                truth[i, t] = SHARED[y[i], state]
+                state = (state + int(torch.rand(1, generator=gen) < 0.35)) % 4
+        return protos[truth] + noise * torch.randn(n, N, D, generator=gen), y, truth
+
+    prior, centre = torch.full((7,), 1 / 7), torch.arange(N).float().expand(64, N)
+    for step in range(steps):
+        f, y, _ = sample(64, g)
+        s = scores(f)
+        emit = s.detach()
+        if emission == "scaled":                     # what MMVQShape.emission_scores does
+            prior = 0.9 * prior + 0.1 * emit.softmax(-1).mean((0, 1))
+            emit = emit.log_softmax(-1) - prior.log()
+        p = alignment_targets(emit, centre, SHARED[y], torch.full((64,), 4), step >= 50, p_stay=0.65)
+        loss = -(p * s.log_softmax(-1)).sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    f, _, truth = sample(300, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        pred = scores(f).argmax(-1)
+    return (pred == truth).float().mean().item(), (pred == 0).float().mean().item()
+
+
+def test_scaled_emissions_keep_a_shared_sub_action_from_absorbing_every_token():
+    # the posterior as emission collapses onto the sub-action every class holds (the majority guess);
+    # dividing by its prior (a likelihood, as in hybrid HMMs) recovers the sub-actions
+    collapsed, share0 = learn_with_shared_sub_action("posterior")
+    recovered, _ = learn_with_shared_sub_action("scaled")
+    assert share0 > 0.9 and collapsed < 0.35, (collapsed, share0)
+    assert recovered >= 0.8, recovered
