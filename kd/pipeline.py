@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
-from kd.config import config_from_dict, to_yaml
+from kd.config import ConfigError, config_from_dict, to_yaml
 from kd.data import build_splits
 from kd.distiller import Distiller, TeacherGroup, TeacherTask
 from kd.engine import StageSpec, eval_loader, evaluate, fit
@@ -328,6 +328,10 @@ def run(cfg) -> Dict:
     run_dir = prepare_run_dir(cfg, accel)
     set_seed(cfg.seed)
     splits = build_splits(cfg.data)
+    if len(splits.train) < cfg.data.batch_size:   # seconds in, not after a teacher has trained
+        raise ConfigError(f"the training split has {len(splits.train)} windows, fewer than data.batch_size="
+                          f"{cfg.data.batch_size}; lower data.batch_size (e.g. data.batch_size="
+                          f"{max(1, len(splits.train) // 2)}) or give the training split more subjects")
     if cfg.teacher.arch == "vqshape" and splits.length != cfg.teacher.vqshape.len_input:
         raise ValueError(f"data.length={splits.length} must equal teacher.vqshape.len_input={cfg.teacher.vqshape.len_input}")
     results: Dict = {"data": splits.info()}

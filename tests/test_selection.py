@@ -98,3 +98,9 @@ def test_missing_teacher_checkpoint_is_an_error_unless_training_it(tmp_path):
         distill.main(["--config", "configs/synthetic_smoke.yaml", f"run_dir={tmp_path / 'r'}",
                       f"teacher.checkpoint={tmp_path / 'nowhere'}"])
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "r").exists()   # nothing was written
+
+
+def test_training_split_smaller_than_the_batch_fails_before_training(tmp_path):
+    with pytest.raises(ConfigError, match=r"training split has \d+ windows, fewer than data.batch_size=512"):
+        distill.main(["--config", "configs/synthetic_smoke.yaml", f"run_dir={tmp_path / 'r'}", "data.batch_size=512"])
+    assert not (tmp_path / "r" / "teacher").exists() and not (tmp_path / "r" / "state").exists()
