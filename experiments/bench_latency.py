@@ -24,7 +24,7 @@ from kd.workspace import Workspace
 from students import build_student
 from students.fused import FusedCNN
 from teachers import build_teacher
-from teachers.layers import param_count
+from kd.layers import param_count
 
 C, N_CLS, M, K = 6, 7, 38, 8
 

@@ -26,7 +26,7 @@ from kd.distiller import Distiller, TeacherGroup, TeacherTask
 from kd.engine import StageSpec, eval_loader, evaluate, fit
 from students import build_student
 from teachers import build_teacher
-from teachers.layers import param_count
+from kd.layers import param_count
 
 # Config keys that may change between runs into one run_dir (what to do, not what is computed);
 # train.num_threads changes speed only.

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.layers import Attention
+from kd.layers import Attention
 
 
 def slot_attention_maps(k: torch.Tensor, q: torch.Tensor, eps: float = 1e-8):

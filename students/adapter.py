@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.layers import Attention, FeedForward, check_rank
+from kd.layers import Attention, FeedForward, check_rank
 from teachers.vqshape import VQShape, AttributeHeads
 
 

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from students.adapter import TokenAdapter
-from teachers.layers import check_finite_input, check_rank
+from kd.layers import check_finite_input, check_rank
 
 
 def same_conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from students.cnn import CNNStudent
 from students.resnet import BasicBlock, ResNet1d
 from students.wrn import PreActBlock, WRN1d
-from teachers.layers import check_finite_input, check_rank
+from kd.layers import check_finite_input, check_rank
 
 CL = torch.channels_last
 FUSABLE = (WRN1d, ResNet1d)          # the student classes FusedCNN has rules for

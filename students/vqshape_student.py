@@ -7,7 +7,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
-from teachers.layers import MLP
+from kd.layers import MLP
 from teachers.vqshape import VQShape, fold_tokens
 
 SHARED = ("dim_code", "num_code", "len_s", "num_token", "len_input")

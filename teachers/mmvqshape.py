@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from teachers.alignment import alignment_targets, chain_posteriors, chain_viterbi, class_emissions
-from teachers.layers import MLP, Attention
+from kd.layers import MLP, Attention
 from teachers.vqshape import ShapeCodebook, VQShape, fold_tokens
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.layers import MLP, Decoder, Encoder, check_finite_input, check_rank, entropy
+from kd.layers import MLP, Decoder, Encoder, check_finite_input, check_rank, entropy
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from teachers.layers import Attention, Dropout
+from kd.layers import Attention, Dropout
 
 
 def test_dropout_keeps_the_distribution_and_scaling():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from kd.config import CNNConfig
 from students.resnet import resnet_small
 from students.wrn import WRN1d, wrn16_1, wrn16_3
-from teachers.layers import param_count
+from kd.layers import param_count
 
 CFG = CNNConfig()
 G, DC = 6 * 32, 8                       # teacher grid: 6 channels x 32 tokens, code dim 8

@@ -1,4 +1,4 @@
-"""Small building blocks shared by the VQShape teacher and student.
+"""Small building blocks shared by teachers, students and the workspace (nothing here is model-specific).
 
 The Transformer layers reproduce PyTorch's post-norm `nn.TransformerEncoderLayer` /
 `nn.TransformerDecoderLayer` (GELU, 4x feed-forward, dropout), which the official VQShape
