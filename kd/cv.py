@@ -44,6 +44,7 @@ from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, sign_flip_
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("macro_f1", "accuracy")
+HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "shape_fit_r2", "recon_r2", "collapsed")
 # Keys a run's teacher does not depend on: two methods whose configs differ only here share one teacher.
 NOT_TEACHER_KEYS = ("run_dir", "seed", "stage", "resume", "overwrite", "student", "kd", "train.epochs", "train.lr",
                     "train.baseline", "train.num_threads")
@@ -338,7 +339,9 @@ def code_version() -> Dict:
 def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
     got = collect(spec, folds, runs)
     ref = got["methods"][spec.reference]
-    out = {"study": spec.name, "code": code_version(), "scheme": spec.scheme, "folds": folds, "seeds": list(spec.seeds),
+    code_file = Path(spec.root) / "code.json"         # written when the runs were started
+    code = json.loads(code_file.read_text()) if code_file.is_file() else {"commit": None, "dirty": None}
+    out = {"study": spec.name, "code": code, "scheme": spec.scheme, "folds": folds, "seeds": list(spec.seeds),
            "reference": spec.reference, "methods": {}, "comparisons": {}}
     for name, units in got["methods"].items():
         if not units:
@@ -357,6 +360,10 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
             entry["teacher"] = {m: summary([s[m] for s in scores]) for m in METRICS} if scores else {}
             entry["teacher"]["by_fold"] = {t.rsplit("fold", 1)[1]: got["teachers"][t]["macro_f1"]
                                            for t in teachers if t in got["teachers"]}
+            health = {t.rsplit("fold", 1)[1]: got["teachers"][t]["health"] for t in teachers
+                      if "health" in got["teachers"].get(t, {})}
+            if health:      # the VQShape teacher's health per fold (teachers/health.py)
+                entry["teacher"]["health_by_fold"] = {f: {k: h[k] for k in HEALTH_KEYS} for f, h in health.items()}
         out["methods"][name] = entry
         if name != spec.reference:
             out["comparisons"][name] = {m: compare_paired(units, ref, m, spec.n_boot) for m in METRICS}
@@ -467,6 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             print("[cv] WARNING: the code has uncommitted changes; runs started later will see any further edits. "
                   "Run studies from a clean checkout (e.g. git worktree add ../study HEAD).")
         write_study_file(spec, root)
+        (root / "code.json").write_text(json.dumps(code))
         t0 = time.time()
         failures = execute(runs, parallel)
         print(f"[cv] runs finished in {time.time() - t0:.0f} s")

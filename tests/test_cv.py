@@ -88,6 +88,7 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     assert rep["teacher_macro_f1"] is not None
     assert (root / "table.md").is_file() and (root / "paired.png").is_file()
     assert set(rep["code"]) == {"commit", "dirty"}                   # which code the runs executed
+    assert set(rep["methods"]["kd"]["teacher"]["health_by_fold"]) == {"0", "1"}
     # resumed: nothing runs again, the report is the same
     stamps = {p: p.stat().st_mtime for p in root.glob("*/fold*/results.json")}
     again = cv.main([str(path)])
