@@ -23,8 +23,9 @@ TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
 
 # VQShape's own terms: the self-supervised phase of a teacher trains on these only.
 
-class TeacherTask(nn.Module):
-    """Wraps a model that trains on its own losses (a teacher, or a no-teacher baseline).
+class OwnLossTask(nn.Module):
+    """The plain trainer's task: a model that trains on its own losses (a teacher, or the student
+    trained alone as the baseline); no teacher, no KD.
     self_supervised: only the terms that need no label (a VQShape teacher's first phase:
     x, vq, s, div, shape)."""
 
@@ -89,16 +90,16 @@ def enabled_losses(kd_cfg) -> Dict:
 
 class Distiller(nn.Module):
     """Student + KD losses (+ token adapter, frozen token space, workspace). The teacher is
-    *not* a submodule: the engine passes its outputs in, so it never reaches the optimizer."""
+    *not* a submodule: the engine passes its outputs in, so it never reaches the optimizer.
+    Only distillation runs here; the student trained alone uses OwnLossTask."""
 
-    def __init__(self, kd_cfg, student: nn.Module, teacher: Optional[nn.Module], probe: Dict):
+    def __init__(self, kd_cfg, student: nn.Module, teacher: nn.Module, probe: Dict):
         super().__init__()
         self.kd_cfg, self.student = kd_cfg, student
-        self.has_teacher = teacher is not None
-        s_out, t_out = probe["student"], probe.get("teacher")
-        self.loss_cfg = enabled_losses(kd_cfg) if self.has_teacher else {}
+        s_out, t_out = probe["student"], probe["teacher"]
+        self.loss_cfg = enabled_losses(kd_cfg)
         self.adapter = self.tokens = None
-        if self.has_teacher and any(n in self.loss_cfg for n in TOKEN_LOSSES) and "attr" not in s_out:
+        if any(n in self.loss_cfg for n in TOKEN_LOSSES) and "attr" not in s_out:
             if "attr" not in t_out:
                 missing = [n for n in TOKEN_LOSSES if n in self.loss_cfg]
                 raise ValueError(f"kd losses {missing} need a VQShape teacher's attribute tokens; "
@@ -109,16 +110,14 @@ class Distiller(nn.Module):
         s_keys = set(s_out) | ({"attr", "code_dist"} if self.adapter is not None else set())
         if self.tokens is not None and self.tokens.action_decoder is not None:
             s_keys.add("action_logits")
-        self.losses = nn.ModuleDict()
-        if self.has_teacher:
-            check_outputs(list(self.loss_cfg), s_keys, set(t_out))
-            s_dims = {"feature_dim": s_out["features"].shape[1], "feature_len": s_out["features"].shape[2]}
-            t_dims = {"feature_dim": t_out["features"].shape[1], "feature_len": t_out["features"].shape[2]} \
-                if "features" in t_out else {}
-            self.losses.update({n: build_loss(n, c, s_dims, t_dims) for n, c in self.loss_cfg.items()})
+        check_outputs(list(self.loss_cfg), s_keys, set(t_out))
+        s_dims = {"feature_dim": s_out["features"].shape[1], "feature_len": s_out["features"].shape[2]}
+        t_dims = {"feature_dim": t_out["features"].shape[1], "feature_len": t_out["features"].shape[2]} \
+            if "features" in t_out else {}
+        self.losses = nn.ModuleDict({n: build_loss(n, c, s_dims, t_dims) for n, c in self.loss_cfg.items()})
         # loss sources and dynamic coefficients were checked against each other at config load
         self.source_names = [s.name for s in kd_cfg.sources]
-        self.workspace = self.build_workspace(s_out, t_out) if kd_cfg.workspace.enabled and self.has_teacher else None
+        self.workspace = self.build_workspace(s_out, t_out) if kd_cfg.workspace.enabled else None
 
     def build_workspace(self, s_out: Dict, t_out: Dict) -> Workspace:
         specs = []
@@ -176,8 +175,6 @@ class Distiller(nn.Module):
         x, y = batch["x"], batch["y"]
         s_out, info = self.student_forward(x, self.sources_for_step(t_out))
         own = self.student.losses(s_out, y)                                  # ce (+ x, s, vq for VQShape)
-        if not self.has_teacher:
-            return own, {}
         alpha = self.kd_cfg.alpha
         terms = {"ce": (1 - alpha) * own.pop("ce"), **own}
         coef, logs, align = self.coefficients(info)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
 from kd.config import ConfigError, config_from_dict, to_yaml
 from kd.data import build_splits
-from kd.distiller import Distiller, TeacherGroup, TeacherTask
+from kd.distiller import Distiller, OwnLossTask, TeacherGroup
 from kd.engine import StageSpec, eval_loader, evaluate, fit
 from students import build_student
 from teachers import build_teacher
@@ -191,10 +191,10 @@ def train_teacher(cfg, splits, text, bank, run_dir: Path) -> Tuple[nn.Module, Di
     if cfg.train.teacher_ssl_epochs > 0:  # its own stage: own schedule, state dir and TensorBoard run
         # no labels in this stage, so nothing for validation to select: its last epoch goes on
         spec = StageSpec("teacher_ssl", cfg.train.teacher_ssl_epochs, cfg.train.teacher_lr, select="last")
-        summary["ssl"] = fit(accel, cfg, spec, TeacherTask(teacher, self_supervised=True), splits.train,
+        summary["ssl"] = fit(accel, cfg, spec, OwnLossTask(teacher, self_supervised=True), splits.train,
                              splits.val, splits.class_names, run_dir)
         accel = make_accelerator(cfg)
-    task = TeacherTask(teacher)
+    task = OwnLossTask(teacher)
     spec = StageSpec("teacher", cfg.train.teacher_epochs, cfg.train.teacher_lr, select=cfg.train.select)
     summary.update(fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir))
     teacher = freeze(accel.unwrap_model(task).model)
@@ -223,28 +223,30 @@ def sample_batch(ds, n: int = 2) -> Dict:
     return {k: torch.stack([it[k] for it in items]) for k in ("x", "y")}
 
 
-def build_distiller(cfg, splits, teacher: Optional[nn.Module], student_freeze: bool,
-                    group: Optional[nn.Module] = None) -> Distiller:
+def new_student(cfg, splits, num_actions: int = 0, freeze_shared: bool = False) -> nn.Module:
+    return build_student(cfg.student.arch, cfg.student.cnn, cfg.student.vqshape, splits.num_channels,
+                         len(splits.class_names), num_actions, freeze_shared=freeze_shared)
+
+
+def build_distiller(cfg, splits, teacher: nn.Module, group: Optional[nn.Module] = None) -> Distiller:
     """group: the teacher plus extra teachers (TeacherGroup), whose outputs are the knowledge
     sources; the student still adopts the main teacher's frozen codebook and decoders."""
-    num_actions = teacher.M if teacher is not None and hasattr(teacher, "M") else 0
-    student = build_student(cfg.student.arch, cfg.student.cnn, cfg.student.vqshape, splits.num_channels,
-                            len(splits.class_names), num_actions, freeze_shared=student_freeze)
-    if teacher is not None and hasattr(student, "adopt"):
+    student = new_student(cfg, splits, teacher.M if hasattr(teacher, "M") else 0, freeze_shared=True)
+    if hasattr(student, "adopt"):
         student.adopt(teacher)
     probe = probe_outputs(student, group if group is not None else teacher, sample_batch(splits.train))
     probe["teacher_arch"] = cfg.teacher.arch
     return Distiller(cfg.kd, student, teacher, probe)
 
 
-def student_meta(cfg, splits, distiller: Distiller, teacher_meta_: Optional[Dict], role: str) -> Dict:
-    ws = distiller.workspace
+def student_meta(cfg, splits, student: nn.Module, workspace: Optional[nn.Module], teacher_meta_: Optional[Dict],
+                 role: str) -> Dict:
+    act = getattr(student, "action_decoder", None)
     return {"role": role, "arch": cfg.student.arch, "config": OmegaConf.to_container(cfg, resolve=True),
             "class_names": list(splits.class_names), "num_channels": splits.num_channels,
-            "length": splits.length, "num_actions": getattr(distiller.student, "action_decoder", None) is not None
-            and distiller.student.action_decoder[-1].out_features or 0,
-            "workspace_sources": [[n, p.tokens.in_features, p.width.in_features] for n, p in ws.project.items()]
-            if ws is not None else None,
+            "length": splits.length, "num_actions": act[-1].out_features if act is not None else 0,
+            "workspace_sources": [[n, p.tokens.in_features, p.width.in_features] for n, p in workspace.project.items()]
+            if workspace is not None else None,
             "teacher": (teacher_meta_ or {}).get("arch")}
 
 
@@ -260,26 +262,45 @@ def load_extra_teachers(cfg, splits) -> Dict[str, nn.Module]:
     return extras
 
 
-def train_student(cfg, splits, teacher, t_meta, run_dir: Path, role: str,
+def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,
                   extras: Optional[Dict[str, nn.Module]] = None) -> Tuple[Distiller, Dict]:
-    """role: "student" (distilled from `teacher`, plus `extras` as further knowledge sources) or
-    "baseline" (no teacher)."""
+    """The student distilled from `teacher` (plus `extras` as further knowledge sources)."""
     accel = make_accelerator(cfg)
     set_seed(cfg.seed)
-    group = TeacherGroup(teacher, extras) if teacher is not None and extras else teacher
-    distiller = build_distiller(cfg, splits, teacher, student_freeze=teacher is not None, group=group)
-    if group is not None:
-        group.to(accel.device)
-    spec = StageSpec(role, cfg.train.epochs, cfg.train.lr, teacher=group, select=cfg.train.select)
+    group = TeacherGroup(teacher, extras) if extras else teacher
+    distiller = build_distiller(cfg, splits, teacher, group=group)
+    group.to(accel.device)
+    spec = StageSpec("student", cfg.train.epochs, cfg.train.lr, teacher=group, select=cfg.train.select)
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
     if accel.is_main_process:
-        export = nn.ModuleDict({"student": distiller.student})
-        if distiller.workspace is not None:
-            export["workspace"] = distiller.workspace
-        save_model(run_dir / role, export, student_meta(cfg, splits, distiller, t_meta, role))
+        save_model(run_dir / "student", student_export(distiller.student, distiller.workspace),
+                   student_meta(cfg, splits, distiller.student, distiller.workspace, t_meta, "student"))
     accel.wait_for_everyone()
     return distiller, summary
+
+
+def train_baseline(cfg, splits, run_dir: Path) -> Tuple[nn.Module, Dict]:
+    """The same student trained alone (cross-entropy and its own terms): the plain trainer."""
+    accel = make_accelerator(cfg)
+    set_seed(cfg.seed)
+    task = OwnLossTask(new_student(cfg, splits))
+    spec = StageSpec("baseline", cfg.train.epochs, cfg.train.lr, select=cfg.train.select)
+    summary = fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir)
+    student = accel.unwrap_model(task).model
+    if accel.is_main_process:
+        save_model(run_dir / "baseline", student_export(student, None),
+                   student_meta(cfg, splits, student, None, None, "baseline"))
+    accel.wait_for_everyone()
+    return student, summary
+
+
+def student_export(student: nn.Module, workspace: Optional[nn.Module]) -> nn.ModuleDict:
+    """What a deployed student is: the network, and the workspace read-out when it has one."""
+    export = nn.ModuleDict({"student": student})
+    if workspace is not None:
+        export["workspace"] = workspace
+    return export
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -423,14 +444,14 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
                                  for n, m in extras.items()}
     for role in roles:
         t0 = time.time()
-        distiller, summary = train_student(cfg, splits, teacher if role == "student" else None, t_meta, run_dir, role,
-                                           extras if role == "student" else None)
-        model = nn.ModuleDict({"student": distiller.student})
-        if distiller.workspace is not None:
-            model["workspace"] = distiller.workspace
-        inference = param_count(distiller.student) + (distiller.workspace.readout_param_count()
-                                                     if distiller.workspace is not None else 0)
-        out[role] = test_report(cfg, splits, distiller.predict, model,
+        if role == "student":
+            distiller, summary = train_student(cfg, splits, teacher, t_meta, run_dir, extras)
+            student, workspace, predict = distiller.student, distiller.workspace, distiller.predict
+        else:
+            student, summary = train_baseline(cfg, splits, run_dir)
+            workspace, predict = None, (lambda b, m=student: m.predict(b["x"]))
+        inference = param_count(student) + (workspace.readout_param_count() if workspace is not None else 0)
+        out[role] = test_report(cfg, splits, predict, student_export(student, workspace),
                                 {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0,
                                  "params_inference": inference})
         if score is not None and role == "student" and distiller.has_action_tokens():

@@ -74,7 +74,7 @@ def short_teacher_training(overrides, steps=300, seed=0):
     teacher's own loop terms; -> its health report on the held-out subjects."""
     from kd.config import load_config
     from kd.data import build_splits
-    from kd.distiller import TeacherTask
+    from kd.distiller import OwnLossTask
     from kd.engine import warmup_cosine
     from teachers import build_teacher
     from teachers.health import health_report
@@ -86,7 +86,7 @@ def short_teacher_training(overrides, steps=300, seed=0):
     splits = build_splits(cfg.data)
     torch.manual_seed(seed)
     model = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), None)
-    task = TeacherTask(model)
+    task = OwnLossTask(model)
     opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.01)
     sched = warmup_cosine(opt, 20, steps, 0.05)
     x = torch.stack([splits.train[i]["x"] for i in range(len(splits.train))])

@@ -425,11 +425,11 @@ def test_positions_start_at_the_configured_scale():
 
 
 def test_self_supervised_task_keeps_only_the_vqshape_terms():
-    from kd.distiller import TeacherTask
+    from kd.distiller import OwnLossTask
     torch.manual_seed(0)
     m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text_tensors())
     batch = {"x": torch.randn(4, 2, 512), "y": torch.tensor([0, 1, 2, 1])}
-    full, _ = TeacherTask(m)(batch)
-    ssl, _ = TeacherTask(m, self_supervised=True)(batch)
+    full, _ = OwnLossTask(m)(batch)
+    ssl, _ = OwnLossTask(m, self_supervised=True)(batch)
     assert {"ce", "act", "label", "con", "vq_action"} <= set(full)
     assert set(ssl) == {"x", "vq", "s", "div"}

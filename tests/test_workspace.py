@@ -70,7 +70,7 @@ def tiny_pair():
     torch.manual_seed(0)
     teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), text)
     teacher.eval().requires_grad_(False)
-    distiller = build_distiller(cfg, splits, teacher, student_freeze=True)
+    distiller = build_distiller(cfg, splits, teacher)
     return cfg, splits, teacher, distiller
 
 
@@ -127,12 +127,12 @@ def test_pairing_errors_say_what_differs(tiny_pair):
     bad.student.vqshape.num_token = 8
     bad.student.vqshape.num_code = 64
     with pytest.raises(ValueError, match=r"num_token=8 vs teacher 16"):
-        build_distiller(bad, splits, teacher, student_freeze=True)
+        build_distiller(bad, splits, teacher)
     bad = copy.deepcopy(cfg)
     bad.kd.sources = [SourceConfig(name="shape", tokens="feature_tokens")]
     bad.kd.action_kl.source = None
     with pytest.raises(ValueError, match="reads teacher output 'feature_tokens'"):
-        build_distiller(bad, splits, teacher, student_freeze=True)
+        build_distiller(bad, splits, teacher)
     bad = copy.deepcopy(cfg)
     bad.kd.logit_kd.source = "nope"
     with pytest.raises(ConfigError, match="kd.logit_kd.source='nope' is not one of"):   # caught at config load
@@ -141,7 +141,11 @@ def test_pairing_errors_say_what_differs(tiny_pair):
 
 def test_no_teacher_baseline_is_plain_cross_entropy(tiny_pair):
     cfg, splits, _, _ = tiny_pair
-    from kd.pipeline import build_distiller
-    base = build_distiller(cfg, splits, None, student_freeze=False)
-    terms, logs = base(batch_of(splits.train), None)
-    assert set(terms) == {"ce"} and logs == {} and base.workspace is None
+    from kd.distiller import OwnLossTask
+    from kd.pipeline import new_student
+    base = OwnLossTask(new_student(cfg, splits))
+    batch = batch_of(splits.train)
+    terms, logs = base(batch, None)
+    assert set(terms) == {"ce"} and logs == {}
+    expected = torch.nn.functional.cross_entropy(base.model(batch["x"])["logits"], batch["y"])
+    assert torch.allclose(terms["ce"], expected)
