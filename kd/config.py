@@ -158,6 +158,7 @@ class FusionConfig:
     # sub-action shared by many classes cannot absorb every token; "posterior" = log softmax(scores),
     # which collapses onto the most shared sub-action (experiments/subactions.md).
     align_emission: str = "scaled"
+    sub_detach: bool = False        # the scores read detached tokens: L_sub trains the projections only
     align_prior_momentum: float = 0.99
 
 

@@ -164,7 +164,8 @@ class MMVQShape(VQShape):
                 reconstruct: bool = True) -> Dict[str, torch.Tensor]:
         out = super().forward(x, y, keys, reconstruct)
         out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
-        out["sub_scores"] = self.sub_scores(out["h"])                       # (B*C, N, M)
+        h = out["h"].detach() if self.fusion.sub_detach else out["h"]
+        out["sub_scores"] = self.sub_scores(h)                              # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
 

@@ -289,6 +289,9 @@ def test_alignment_scores_get_gradient_but_targets_do_not():
     assert grads["sub_tok.weight"].abs().sum() > 0 and grads["sub_txt.weight"].abs().sum() > 0
     assert grads["encoder.proj.weight"].abs().sum() > 0            # the scores read the tokens h
     assert grads["attr.tl_head.0.weight"] is None              # spans order the tokens, get no gradient
+    d = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(align_warmup_steps=0, sub_detach=True), 2, 3, **text_tensors())
+    d.losses(d(x, keys="vocab"), y)["sub"].backward()
+    assert d.sub_tok.weight.grad.abs().sum() > 0 and d.encoder.proj.weight.grad is None   # scores only
 
 
 def test_mmvqshape_rejects_class_without_text():
