@@ -275,20 +275,19 @@ def method_scores(results: Dict) -> Dict:
 
 
 def collect(spec, folds, runs: List[Run]) -> Dict:
-    """{method: {"runs": {(fold, seed): scores}}, "teachers": {teacher run: scores}}, finished runs only."""
-    out: Dict = {"methods": {m: {} for m in spec.methods}, "teachers": {}}
+    """{method: {(fold, seed): scores}} of the finished runs. A distilled run's results.json also holds
+    its teacher evaluated on the same test fold (`teacher`), which is where the teacher's scores and
+    health are read from: the run itself says which teacher it used."""
+    out: Dict = {m: {} for m in spec.methods}
     for run in runs:
-        if not done(run):
+        if run.name.startswith("teachers/") or not done(run):
             continue
         r = json.loads((run.run_dir / "results.json").read_text())
-        if run.name.startswith("teachers/"):
-            out["teachers"][run.name] = r["teacher"]
-            continue
         method, rest = run.name.split("/")
         fold, seed = rest[4:].split("_s")
         scores = method_scores(r)
-        out["methods"][method][(int(fold), int(seed))] = {
-            **{m: scores[m] for m in METRICS}, "per_subject": scores.get("per_subject", {}), "teacher": run.needs}
+        out[method][(int(fold), int(seed))] = {
+            **{m: scores[m] for m in METRICS}, "per_subject": scores.get("per_subject", {}), "teacher": r.get("teacher")}
     return out
 
 
@@ -322,7 +321,9 @@ def compare_paired(units: Dict, ref: Dict, metric: str, n_boot: int) -> Optional
     else:
         p, p_units = sign_flip_p([np.mean(v) for v in by_fold.values()]), "fold (seed mean)"
     ci = cluster_bootstrap_ci(by_fold, n_boot=n_boot)
-    return {"n_units": len(keys), "diff_mean": float(d.mean()), "diff_sd": summary(d)["sd"],
+    return {"n_units": len(keys), "method_mean": float(np.mean([units[k][metric] for k in keys])),
+            "reference_mean": float(np.mean([ref[k][metric] for k in keys])),
+            "diff_mean": float(d.mean()), "diff_sd": summary(d)["sd"],
             "diff_ci95": [ci["low"], ci["high"]], "p_sign_flip": p, "p_units": p_units,
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
             "diff_by_fold": {str(f): float(np.mean(v)) for f, v in sorted(by_fold.items())}}
@@ -338,12 +339,12 @@ def code_version() -> Dict:
 
 def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
     got = collect(spec, folds, runs)
-    ref = got["methods"][spec.reference]
+    ref = got[spec.reference]
     code_file = Path(spec.root) / "code.json"         # written when the runs were started
     code = json.loads(code_file.read_text()) if code_file.is_file() else {"commit": None, "dirty": None}
     out = {"study": spec.name, "code": code, "scheme": spec.scheme, "folds": folds, "seeds": list(spec.seeds),
            "reference": spec.reference, "methods": {}, "comparisons": {}}
-    for name, units in got["methods"].items():
+    for name, units in got.items():
         if not units:
             out["methods"][name] = {"runs_done": 0}
             continue
@@ -354,31 +355,32 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
             entry[metric] = {**summary(list(fm.values())), "by_fold": {str(k): v for k, v in fm.items()},
                              "unit_sd": summary([u[metric] for u in units.values()])["sd"],
                              "per_subject": per_subject(units, metric)}
-        teachers = sorted({u["teacher"] for u in units.values() if u["teacher"]})
-        if teachers:
-            scores = [got["teachers"][t] for t in teachers if t in got["teachers"]]
-            entry["teacher"] = {m: summary([s[m] for s in scores]) for m in METRICS} if scores else {}
-            entry["teacher"]["by_fold"] = {t.rsplit("fold", 1)[1]: got["teachers"][t]["macro_f1"]
-                                           for t in teachers if t in got["teachers"]}
-            health = {t.rsplit("fold", 1)[1]: got["teachers"][t]["health"] for t in teachers
-                      if "health" in got["teachers"].get(t, {})}
+        teacher = {f: u["teacher"] for (f, _), u in sorted(units.items()) if u["teacher"]}   # one per fold
+        if teacher:
+            entry["teacher"] = {m: summary([t[m] for t in teacher.values()]) for m in METRICS}
+            entry["teacher"]["by_fold"] = {str(f): t["macro_f1"] for f, t in teacher.items()}
+            health = {str(f): t["health"] for f, t in teacher.items() if "health" in t}
             if health:      # the VQShape teacher's health per fold (teachers/health.py)
                 entry["teacher"]["health_by_fold"] = {f: {k: h[k] for k in HEALTH_KEYS} for f, h in health.items()}
         out["methods"][name] = entry
         if name != spec.reference:
             out["comparisons"][name] = {m: compare_paired(units, ref, m, spec.n_boot) for m in METRICS}
     head = spec.headline or next(m for m in spec.methods if m != spec.reference)
-    h, r, c = out["methods"][head], out["methods"][spec.reference], out["comparisons"].get(head, {}).get("macro_f1")
-    if c is not None:       # the flat keys a reader (and the README) quotes
-        out.update({"headline": head, "student_macro_f1": h["macro_f1"]["mean"],
-                    "baseline_macro_f1": r["macro_f1"]["mean"],
-                    "teacher_macro_f1": h.get("teacher", {}).get("macro_f1", {}).get("mean"),
+    h, c = out["methods"][head], out["comparisons"].get(head, {}).get("macro_f1")
+    if c is not None:       # the flat keys a reader (and the README) quotes: means over the paired units only
+        paired_folds = {int(f) for f in c["diff_by_fold"]}
+        teacher = h.get("teacher", {}).get("by_fold", {})
+        out.update({"headline": head, "paired_units": c["n_units"], "student_macro_f1": c["method_mean"],
+                    "baseline_macro_f1": c["reference_mean"],
+                    "teacher_macro_f1": float(np.mean([v for f, v in teacher.items() if int(f) in paired_folds]))
+                    if teacher else None,
                     "diff_mean": c["diff_mean"], "diff_ci95": c["diff_ci95"], "p_sign_flip": c["p_sign_flip"]})
     return out
 
 
 def table_md(rep: Dict) -> str:
-    lines = [f"Study `{rep['study']}`: {len(rep['folds'])} folds ({rep['scheme']}) x seeds {rep['seeds']}; "
+    lines = [f"Study `{rep['study']}`: {len(rep['folds'])} folds ({rep['scheme']}) x seeds {rep['seeds']} planned "
+             f"(`runs`: the (fold, seed) runs finished); "
              f"macro-F1 on held-out subjects, mean ± sample sd over fold means; paired difference against "
              f"`{rep['reference']}` over (fold, seed) units, 95 % cluster-bootstrap CI, exact sign-flip p.", "",
              "| method | runs | macro-F1 | accuracy | teacher macro-F1 | Δ macro-F1 vs reference [95 % CI] | p | wins/losses |",

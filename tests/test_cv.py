@@ -84,7 +84,8 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     fold_means = [np.mean([score["alone", f, s] for s in (0, 1)]) for f in (0, 1)]
     assert rep["methods"]["alone"]["macro_f1"]["mean"] == pytest.approx(np.mean(fold_means))
     assert rep["methods"]["alone"]["macro_f1"]["sd"] == pytest.approx(np.std(fold_means, ddof=1))
-    assert rep["baseline_macro_f1"] == rep["methods"]["alone"]["macro_f1"]["mean"] and rep["headline"] == "kd"
+    assert rep["baseline_macro_f1"] == pytest.approx(rep["methods"]["alone"]["macro_f1"]["mean"])
+    assert rep["headline"] == "kd" and rep["paired_units"] == 4
     assert rep["teacher_macro_f1"] is not None
     assert (root / "table.md").is_file() and (root / "paired.png").is_file()
     assert set(rep["code"]) == {"commit", "dirty"}                   # which code the runs executed
