@@ -32,7 +32,7 @@ def main(argv=None):
         vocab_texts = meta.get("vocab_texts", [])
 
     report = {"artefacts": write_teacher_artifacts(teacher, splits, out, Bank if meta.get("vocab_texts") else None)}
-    aligned = getattr(teacher, "fusion", None) is not None and teacher.fusion.action_target != "attention"
+    aligned = getattr(teacher, "aligned", False)
     if aligned:
         report["alignment"] = alignment_report(teacher, splits.test)
     score = recovery_scorer(cfg, splits, meta)

@@ -416,7 +416,7 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
     if hasattr(teacher, "codebook"):
         report["health"] = teacher_health(teacher, splits, PartialState())
-    aligned = getattr(teacher, "fusion", None) is not None and teacher.fusion.action_target != "attention"
+    aligned = getattr(teacher, "aligned", False)
     score = recovery_scorer(cfg, splits, t_meta)
     if score is not None:
         from kd.recovery import teacher_tokens

@@ -162,7 +162,7 @@ def write_teacher_artifacts(teacher, splits, out_dir: Path, bank=None) -> Dict:
         texts = list(bank.vocab_texts) if bank is not None else [str(i) for i in range(teacher.M)]
         action_matrix(teacher, counts, texts, out_dir / "code_actions.png")
         files.append("code_actions.png")
-        if teacher.fusion.action_target != "attention":
+        if teacher.aligned:
             subaction_windows(teacher, splits.test, splits.class_names, texts, out_dir / "subaction_windows.png")
             files.append("subaction_windows.png")
     (out_dir / "code_usage.json").write_text(json.dumps({**stats, "counts": counts.tolist()}))

@@ -84,10 +84,12 @@ class MMVQShape(VQShape):
         with torch.no_grad():  # action codes start at the projected vocabulary embeddings
             self.action_codebook.weight.copy_(self.text_proj(self.vocab_emb))
         self.label_head = MLP(K * d, Dt, d)
-        self.sub_tok = nn.Linear(d, fusion.sub_dim)                           # P_h
-        self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                          # P_u
-        self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
-        self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))        # EMA of mean softmax(scores)
+        self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
+        if self.aligned:
+            self.sub_tok = nn.Linear(d, fusion.sub_dim)                       # P_h
+            self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
+            self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
+            self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
 
     @staticmethod
     def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:
@@ -164,8 +166,9 @@ class MMVQShape(VQShape):
                 reconstruct: bool = True) -> Dict[str, torch.Tensor]:
         out = super().forward(x, y, keys, reconstruct)
         out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
-        h = out["h"].detach() if self.fusion.sub_detach else out["h"]
-        out["sub_scores"] = self.sub_scores(h)                              # (B*C, N, M)
+        if self.aligned:
+            h = out["h"].detach() if self.fusion.sub_detach else out["h"]
+            out["sub_scores"] = self.sub_scores(h)                          # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
 

@@ -282,14 +282,16 @@ def test_alignment_targets_live_on_the_class_sub_actions_and_switch_after_warmup
 
 def test_alignment_scores_get_gradient_but_targets_do_not():
     torch.manual_seed(0)
-    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(align_warmup_steps=0), 2, 3, **text_tensors())
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", align_warmup_steps=0), 2, 3,
+                  **text_tensors())
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     m.losses(m(x, keys="vocab"), y)["sub"].backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
     assert grads["sub_tok.weight"].abs().sum() > 0 and grads["sub_txt.weight"].abs().sum() > 0
     assert grads["encoder.proj.weight"].abs().sum() > 0            # the scores read the tokens h
     assert grads["attr.tl_head.0.weight"] is None              # spans order the tokens, get no gradient
-    d = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(align_warmup_steps=0, sub_detach=True), 2, 3, **text_tensors())
+    d = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", align_warmup_steps=0, sub_detach=True),
+                  2, 3, **text_tensors())
     d.losses(d(x, keys="vocab"), y)["sub"].backward()
     assert d.sub_tok.weight.grad.abs().sum() > 0 and d.encoder.proj.weight.grad is None   # scores only
 
