@@ -85,15 +85,15 @@ CYCLES = torch.tensor([[0, 1, 2, 3], [2, 4, 0, 5], [5, 3, 1, 4], [1, 0, 4, 2]]) 
 P, D, N = 6, 16, 12
 
 
-def token_windows(n, g, protos, noise=0.8):
+def token_windows(n, g, protos, noise=0.8, cycles=CYCLES):
     """n windows of N tokens: a random start in the class cycle, advancing with probability 0.35 per
     token; each token's feature is its sub-action's prototype plus noise. -> (features, class, truth)."""
-    y = torch.randint(0, len(CYCLES), (n,), generator=g)
+    y = torch.randint(0, len(cycles), (n,), generator=g)
     truth = torch.empty(n, N, dtype=torch.long)
     for i in range(n):
         state = int(torch.randint(0, 4, (1,), generator=g))
         for t in range(N):
-            truth[i, t] = CYCLES[y[i], state]
+            truth[i, t] = cycles[y[i], state]
             state = (state + int(torch.rand(1, generator=g) < 0.35)) % 4
     return protos[truth] + noise * torch.randn(n, N, D, generator=g), y, truth
 
@@ -151,14 +151,7 @@ def learn_with_shared_sub_action(emission: str, seed: int = 0, steps: int = 250,
         return torch.nn.functional.normalize(enc(f), dim=-1) @ torch.nn.functional.normalize(txt(text), dim=-1).t() / 0.1
 
     def sample(n, gen):
-        y = torch.randint(0, 4, (n,), generator=gen)
-        truth = torch.empty(n, N, dtype=torch.long)
-        for i in range(n):
-            state = int(torch.randint(0, 4, (1,), generator=gen))
-            for t in range(N):
-                truth[i, t] = SHARED[y[i], state]
-                state = (state + int(torch.rand(1, generator=gen) < 0.35)) % 4
-        return protos[truth] + noise * torch.randn(n, N, D, generator=gen), y, truth
+        return token_windows(n, gen, protos, noise, cycles=SHARED)
 
     prior, centre = torch.full((7,), 1 / 7), torch.arange(N).float().expand(64, N)
     for step in range(steps):
