@@ -128,6 +128,12 @@ class VQShapeConfig:
     # > 0: a code whose usage (EMA of the tokens it quantises per step) falls below this is moved onto
     # a random encoder output (dead-code replacement); 0 = off (the official recipe).
     dead_code_threshold: float = 0.0
+    # What the shape code z_e is computed from. "token": the z head on the token h (the official
+    # model). "subsequence": a small encoder on the token's own subsequence x_n[t, t+l], resampled to
+    # len_s and z-normalised, with t and l detached (spans still learn from L_x and L_div only, as in
+    # the official code) -- the code then has to describe the subsequence the shape decoder is scored
+    # against (experiments/teacher_health.md, section 4).
+    code_input: str = "token"
 
 
 @dataclass
@@ -305,6 +311,8 @@ CHOICES = {
     "student.vqshape.loss_scale": ("normalized", "input"),
     "teacher.vqshape.codebook_init": ("uniform", "data"),
     "student.vqshape.codebook_init": ("uniform", "data"),
+    "teacher.vqshape.code_input": ("token", "subsequence"),
+    "student.vqshape.code_input": ("token", "subsequence"),
 }
 
 

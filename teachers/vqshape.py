@@ -281,22 +281,40 @@ class PatchEncoder(nn.Module):
 
 
 class AttributeHeads(nn.Module):
-    """h -> (z_e, t, l, mu, sigma); the z head may read a different (text-fused) input."""
+    """h -> (z_e, t, l, mu, sigma); the z head may read a different (text-fused) input.
 
-    def __init__(self, dim: int, dim_code: int, min_len: float):
+    code_input="subsequence": the token decides where (t, l) and its subsequence what: x_n[t, t+l]
+    (t and l detached) resampled to len_s gives mu and sigma (its mean and std) and, z-normalised,
+    the input of an MLP code encoder for z_e.
+    """
+
+    def __init__(self, dim: int, dim_code: int, min_len: float, code_input: str = "token", len_s: int = 128):
         super().__init__()
-        self.min_len = min_len
-        self.z_head = MLP(dim, dim_code, dim)
+        if code_input not in ("token", "subsequence"):
+            raise ValueError(f"code_input must be 'token' or 'subsequence', got {code_input!r}")
+        self.min_len, self.code_input, self.len_s = min_len, code_input, len_s
+        if code_input == "token":
+            self.z_head = MLP(dim, dim_code, dim)
+            self.mu_head = MLP(dim, 1, dim)
+            self.sigma_head = MLP(dim, 1, dim)
+        else:
+            self.code_encoder = MLP(len_s, dim_code, dim)
         self.tl_head = MLP(dim, 2, dim)
-        self.mu_head = MLP(dim, 1, dim)
-        self.sigma_head = MLP(dim, 1, dim)
 
-    def forward(self, h: torch.Tensor, h_z: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, h: torch.Tensor, h_z: Optional[torch.Tensor] = None,
+                x_n: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         tl = torch.sigmoid(self.tl_head(h))
         t = tl[..., :1] * (1 - self.min_len)
         l = tl[..., 1:] * (1 - t) + self.min_len
-        return {"z_e": self.z_head(h if h_z is None else h_z), "t": t, "l": l,
-                "mu": self.mu_head(h), "sigma": F.softplus(self.sigma_head(h))}
+        if self.code_input == "token":
+            return {"z_e": self.z_head(h if h_z is None else h_z), "t": t, "l": l,
+                    "mu": self.mu_head(h), "sigma": F.softplus(self.sigma_head(h))}
+        if x_n is None:
+            raise ValueError("code_input='subsequence' needs the normalised series x_n")
+        sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)     # (B', N, len_s)
+        mu = sub.mean(-1, keepdim=True)
+        sigma = sub.std(-1, keepdim=True).clamp(min=1e-2)                       # as znorm_rows
+        return {"z_e": self.code_encoder((sub - mu) / sigma), "t": t, "l": l, "mu": mu, "sigma": sigma}
 
 
 class TokenHead(nn.Module):
@@ -339,7 +357,7 @@ class VQShape(nn.Module):
                                     cfg.enc_heads, cfg.enc_layers, cfg.dropout, cfg.pos_init_std)
         self.queries = nn.Parameter(torch.randn(1, cfg.num_token, d) / d)
         self.tokenizer = Decoder(d, cfg.tok_heads, cfg.tok_layers, cfg.dropout)
-        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len)
+        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
                                       cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)
@@ -383,7 +401,7 @@ class VQShape(nn.Module):
             h = mix(features).transpose(1, 2).reshape_as(h)
         out = self.fuse(h, B, y, keys)
         out["features"] = features
-        out.update(self.attr(h, out.pop("h_z")))                            # z_e (B*C, N, dc), t, l, mu, sigma
+        out.update(self.attr(h, out.pop("h_z"), x_n))                       # z_e (B*C, N, dc), t, l, mu, sigma
         grid = out["z_e"].shape[:2]                                          # (B*C, N)
         z_q, idx, vq, dist = self.codebook(out["z_e"].flatten(0, 1))
         out.update(x=xs, x_n=x_n, mean=mean, std=std, h=h, vq=vq, code_dist=dist.view(*grid, -1),
