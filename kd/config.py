@@ -76,9 +76,9 @@ class TextConfig:
 @dataclass
 class VQShapeConfig:
     """VQShape (Wen et al., 2024, https://arxiv.org/abs/2411.01006); defaults = official pretraining recipe."""
-    len_input: int = 512
+    len_input: int = 512              # set from data.length at load (the one window length)
     patch_size: int = 8
-    num_patch: int = 64
+    num_patch: int = 64               # set to data.length // patch_size at load
     dim: int = 256
     enc_layers: int = 4
     enc_heads: int = 8
@@ -340,8 +340,35 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     except ValidationError as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"bad value for config key {key!r}: {str(err).splitlines()[0]}") from None
+    derive_window_length(cfg, user_keys(path, overrides))
     validate_config(cfg)
     return cfg
+
+
+def user_keys(path, overrides: Sequence[str]) -> DictConfig:
+    """What the user wrote (YAML file, then overrides), without the schema's defaults."""
+    mine = OmegaConf.load(path) if path is not None else OmegaConf.create({})
+    return OmegaConf.merge(mine, OmegaConf.from_dotlist(list(overrides))) if overrides else mine
+
+
+def derive_window_length(cfg: DictConfig, mine: DictConfig) -> None:
+    """data.length is the one window length: each VQShape's len_input and num_patch follow from it.
+    Writing either by hand is an error unless it agrees."""
+    length = cfg.data.length
+    for side in ("teacher", "student"):
+        v = cfg[side].vqshape
+        if length % v.patch_size:
+            if cfg[side].arch in ("vqshape", "vqshape_student"):
+                raise ConfigError(f"data.length={length} must be a multiple of {side}.vqshape.patch_size="
+                                  f"{v.patch_size} (the VQShape patches); change one of them")
+            continue
+        derived = {"len_input": length, "num_patch": length // v.patch_size}
+        for key, value in derived.items():
+            given = OmegaConf.select(mine, f"{side}.vqshape.{key}")
+            if given is not None and given != value:
+                raise ConfigError(f"{side}.vqshape.{key}={given} disagrees with data.length={length} "
+                                  f"(it follows from data.length: {key}={value}); remove {side}.vqshape.{key}")
+            v[key] = value
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -353,8 +353,6 @@ def run(cfg) -> Dict:
         raise ConfigError(f"the training split has {len(splits.train)} windows, fewer than data.batch_size="
                           f"{cfg.data.batch_size}; lower data.batch_size (e.g. data.batch_size="
                           f"{max(1, len(splits.train) // 2)}) or give the training split more subjects")
-    if cfg.teacher.arch == "vqshape" and splits.length != cfg.teacher.vqshape.len_input:
-        raise ValueError(f"data.length={splits.length} must equal teacher.vqshape.len_input={cfg.teacher.vqshape.len_input}")
     results: Dict = {"data": splits.info()}
     teacher, t_meta = None, None
     if cfg.teacher.arch != "none":

@@ -54,3 +54,18 @@ def test_typo_in_a_yaml_file_names_the_key(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_window_length_has_one_source():
+    """data.length sets each VQShape's len_input and num_patch; a hand-written value that disagrees
+    is an error naming data.length, one that agrees is accepted."""
+    cfg = load_config(overrides=["data.length=256"])
+    for side in ("teacher", "student"):
+        assert (cfg[side].vqshape.len_input, cfg[side].vqshape.num_patch) == (256, 32)
+    assert load_config(overrides=["data.length=256", "teacher.vqshape.num_patch=32"]).teacher.vqshape.len_input == 256
+    with pytest.raises(ConfigError, match=r"teacher.vqshape.len_input=512 disagrees with data.length=256.*remove"):
+        load_config(overrides=["data.length=256", "teacher.vqshape.len_input=512"])
+    with pytest.raises(ConfigError, match=r"data.length=100 must be a multiple of teacher.vqshape.patch_size=8"):
+        load_config(overrides=["data.length=100"])
+    assert load_config(overrides=["data.length=100", "teacher.arch=wrn16_3",
+                                  "teacher.text_guidance=false"]).data.length == 100   # no VQShape: any length

@@ -224,6 +224,27 @@ def test_gradients_reach_encoder_through_z_q():
     assert m.patch_decoder[0].attn.qkv.weight.grad is None                              # x_hat not in L_s
 
 
+def test_subsequence_codes_describe_their_own_span():
+    """code_input=subsequence: mu, sigma are the span's mean and std on the normalised series, z_e is the
+    code encoder on the span's z-normalised values, and the shape and s terms reach the code encoder but
+    neither the spans nor the tokenizer (t, l learn from L_x and L_div only, as in the official code)."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(dropout=0.0, code_input="subsequence", lambda_shape_norm=1.0), 1, 2)
+    assert not hasattr(m.attr, "z_head") and not hasattr(m.attr, "mu_head")
+    out = m(torch.randn(4, 1, 512))
+    sub = extract_subsequence(out["x_n"], out["t"], out["l"], 32)
+    assert torch.allclose(out["mu"], sub.mean(-1, keepdim=True), atol=1e-6)
+    assert torch.allclose(out["sigma"], sub.std(-1, keepdim=True), atol=1e-6)
+    z = m.attr.code_encoder((sub - sub.mean(-1, keepdim=True)) / sub.std(-1, keepdim=True))
+    assert torch.allclose(out["z_e"], z, atol=1e-5)
+    terms = m.losses(out, torch.zeros(4, dtype=torch.long))
+    (terms["s"] + terms["shape"]).backward(retain_graph=True)
+    assert m.attr.code_encoder[0].weight.grad.abs().sum() > 0
+    assert m.attr.tl_head[0].weight.grad is None and m.encoder.proj.weight.grad is None
+    terms["x"].backward()
+    assert m.attr.tl_head[0].weight.grad.abs().sum() > 0                               # L_x moves the spans
+
+
 def test_bad_input_errors():
     m = VQShape(tiny_cfg(), 2, 3)
     with pytest.raises(ValueError, match=r"expected \[\*, 2, 512\]"):
