@@ -122,6 +122,11 @@ class VQShapeConfig:
     # The classification head reads detached attribute tokens: cross-entropy trains the head only and
     # cannot drag spans and shapes onto one discriminative spot.
     head_detach: bool = False
+    # What the classification head reads per token: "attributes" (z_q, mu, sigma, t, l: dc + 4 numbers)
+    # or "tokens" (the tokenizer output h, projected per token to head_token_dim numbers). With
+    # head_detach, either way the cross-entropy trains the head only.
+    head_input: str = "attributes"
+    head_token_dim: int = 16
     # "data": codes start at encoder outputs of the first batch (the official uniform(+-1/K) init puts
     # them all near the origin, where they decode to one shape); "uniform": the official init.
     codebook_init: str = "uniform"
@@ -312,6 +317,8 @@ CHOICES = {
     "teacher.vqshape.codebook_init": ("uniform", "data"),
     "student.vqshape.codebook_init": ("uniform", "data"),
     "teacher.vqshape.code_input": ("token", "subsequence"),
+    "teacher.vqshape.head_input": ("attributes", "tokens"),
+    "student.vqshape.head_input": ("attributes", "tokens"),
     "student.vqshape.code_input": ("token", "subsequence"),
 }
 

@@ -318,19 +318,23 @@ class AttributeHeads(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """Classifier on a window's attribute tokens (z_q, mu, sigma, t, l) of every channel,
-    optionally with each channel's instance-norm statistics (mean, log std)."""
+    """Classifier on a window's tokens of every channel (attribute tokens (z_q, mu, sigma, t, l), or
+    tokenizer outputs projected per token by `token_proj`), optionally with each channel's
+    instance-norm statistics (mean, log std)."""
 
-    def __init__(self, num_channels: int, num_token: int, dim_code: int, num_classes: int,
-                 hidden: int, channel_stats: bool, dropout: float):
+    def __init__(self, num_channels: int, num_token: int, token_dim: int, num_classes: int,
+                 hidden: int, channel_stats: bool, dropout: float, token_proj: Optional[int] = None):
         super().__init__()
         self.channel_stats = channel_stats
-        dim_in = num_channels * num_token * (dim_code + 4) + 2 * num_channels * channel_stats
+        self.token_proj = nn.Linear(token_proj, token_dim) if token_proj else None
+        dim_in = num_channels * num_token * token_dim + 2 * num_channels * channel_stats
         self.net = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, hidden), nn.GELU(),
                                  nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """tokens (B, C*N, dc+4); mean, std (B, C) -> logits (B, n_cls)."""
+        """tokens (B, C*N, k); mean, std (B, C) -> logits (B, n_cls)."""
+        if self.token_proj is not None:
+            tokens = self.token_proj(tokens)
         feats = [tokens.flatten(1)]
         if self.channel_stats:
             feats += [mean, std.log()]
@@ -365,8 +369,12 @@ class VQShape(nn.Module):
         self.patch_decoder = Encoder(d, cfg.dec_heads, cfg.dec_layers, cfg.dropout)
         self.dec_cls = nn.Parameter(torch.randn(1, 1, d) / d) if cfg.decoder_cls_token else None
         self.patch_out = nn.Linear(d, cfg.len_input // cfg.num_token)
-        self.head = TokenHead(num_channels, cfg.num_token, cfg.dim_code, num_classes,
-                              cfg.head_hidden, cfg.head_channel_stats, cfg.dropout)
+        if cfg.head_input not in ("attributes", "tokens"):
+            raise ValueError(f"head_input must be 'attributes' or 'tokens', got {cfg.head_input!r}")
+        by_tokens = cfg.head_input == "tokens"
+        self.head = TokenHead(num_channels, cfg.num_token, cfg.head_token_dim if by_tokens else cfg.dim_code + 4,
+                              num_classes, cfg.head_hidden, cfg.head_channel_stats, cfg.dropout,
+                              token_proj=d if by_tokens else None)
         self.register_buffer("class_weight", torch.ones(num_classes))
 
     # -- stages --------------------------------------------------------------------------
@@ -410,7 +418,8 @@ class VQShape(nn.Module):
         out["tokens"] = attrs
         out["h_hat"] = self.attr_encoder(attrs)                              # (B*C, N, d)
         out["shape_tokens"] = fold_tokens(out["h_hat"], B)                   # (B, C*N, d)
-        head_in = attrs.detach() if self.cfg.head_detach else attrs
+        head_in = out["h"] if self.cfg.head_input == "tokens" else attrs
+        head_in = head_in.detach() if self.cfg.head_detach else head_in
         out["logits"] = self.head(fold_tokens(head_in, B), mean.view(B, -1), std.view(B, -1))
         if reconstruct:
             out.update(self.reconstruct(out))

@@ -425,9 +425,11 @@ def test_losses_on_the_normalised_scale_and_the_normalised_shape_term():
         F.mse_loss(out["x_hat"], out["x"]).item(), rel=1e-6)
 
 
-def test_detached_head_cross_entropy_trains_the_head_only():
+@pytest.mark.parametrize("head_input", ["attributes", "tokens"])
+def test_detached_head_cross_entropy_trains_the_head_only(head_input):
     torch.manual_seed(0)
-    m = VQShape(tiny_cfg(head_detach=True), 2, 3)
+    m = VQShape(tiny_cfg(head_detach=True, head_input=head_input), 2, 3)
+    assert (m.head.token_proj is not None) == (head_input == "tokens")
     out = m(torch.randn(4, 2, 512))
     m.losses(out, torch.tensor([0, 1, 2, 0]))["ce"].backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
