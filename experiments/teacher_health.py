@@ -29,6 +29,13 @@ VARIANTS = {
     "+detach+shape": ONE_PHASE,
     "after": [],                                         # configs/default.yaml as it stands
     "after-signal": ["teacher.text_guidance=false"],
+    # codes from each span's own subsequence (section 4 of experiments/teacher_health.md)
+    "sub": ["teacher.vqshape.code_input=subsequence"],
+    "sub-signal": ["teacher.vqshape.code_input=subsequence", "teacher.text_guidance=false"],
+    # ... and a head over the (detached) tokenizer outputs instead of the attribute numbers
+    "sub+tokhead": ["teacher.vqshape.code_input=subsequence", "teacher.vqshape.head_input=tokens"],
+    "sub+tokhead-signal": ["teacher.vqshape.code_input=subsequence", "teacher.vqshape.head_input=tokens",
+                           "teacher.text_guidance=false"],
 }
 KEYS = ("distinct_shapes", "codes_used", "perplexity", "span_coverage", "span_t_std", "span_l_std",
         "shape_fit_r2", "recon_r2")
