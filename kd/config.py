@@ -139,6 +139,10 @@ class VQShapeConfig:
     # the official code) -- the code then has to describe the subsequence the shape decoder is scored
     # against (experiments/teacher_health.md, section 4).
     code_input: str = "token"
+    # The patch decoder adds a learned embedding per token slot (N(0, pos_init_std^2)). The official
+    # decoder has none: output patch i comes from token slot i, so a token's code has to carry which
+    # slot it is -- which a code computed from the subsequence alone cannot.
+    decoder_slot_pos: bool = False
 
 
 @dataclass

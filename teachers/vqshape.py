@@ -368,6 +368,7 @@ class VQShape(nn.Module):
         self.attr_encoder = nn.Linear(cfg.dim_code + 4, d)
         self.patch_decoder = Encoder(d, cfg.dec_heads, cfg.dec_layers, cfg.dropout)
         self.dec_cls = nn.Parameter(torch.randn(1, 1, d) / d) if cfg.decoder_cls_token else None
+        self.dec_pos = nn.Parameter(torch.randn(1, cfg.num_token, d) * cfg.pos_init_std) if cfg.decoder_slot_pos else None
         self.patch_out = nn.Linear(d, cfg.len_input // cfg.num_token)
         if cfg.head_input not in ("attributes", "tokens"):
             raise ValueError(f"head_input must be 'attributes' or 'tokens', got {cfg.head_input!r}")
@@ -434,6 +435,8 @@ class VQShape(nn.Module):
         shape = shape.view(*z_q.shape[:2], -1)                               # (B', N, len_s)
         s = shape * out["sigma"] + out["mu"]
         h = out["h_hat"]
+        if self.dec_pos is not None:  # output patch i knows it is patch i
+            h = h + self.dec_pos
         if self.dec_cls is not None:  # the official patch decoder reads [cls, tokens] and drops cls
             h = torch.cat([self.dec_cls.expand(len(h), -1, -1), h], dim=1)
         x_hat = self.patch_out(self.patch_decoder(h)[:, -out["h_hat"].shape[1]:]).flatten(1)  # (B', T)

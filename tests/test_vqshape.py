@@ -461,3 +461,17 @@ def test_self_supervised_task_keeps_only_the_vqshape_terms():
     ssl, _ = OwnLossTask(m, self_supervised=True)(batch)
     assert {"ce", "act", "label", "con", "vq_action"} <= set(full)
     assert set(ssl) == {"x", "vq", "s", "div"}
+
+
+@pytest.mark.parametrize("slot_pos", [False, True])
+def test_the_patch_decoder_knows_its_output_slots_only_with_slot_positions(slot_pos):
+    """Without slot positions the patch decoder is permutation-equivariant (as the official one): swapping
+    two tokens swaps their output patches, so only a token's code can say which patch it owes. With
+    decoder_slot_pos the output depends on the slot as well."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(decoder_slot_pos=slot_pos), 1, 2).eval()
+    out = m(torch.randn(2, 1, 512), reconstruct=False)
+    x_hat = m.reconstruct(out)["x_hat_n"].view(2, 8, -1)
+    perm = torch.tensor([1, 0, *range(2, 8)])
+    swapped = m.reconstruct({**out, "h_hat": out["h_hat"][:, perm]})["x_hat_n"].view(2, 8, -1)
+    assert torch.allclose(swapped, x_hat[:, perm], atol=1e-5) != slot_pos
