@@ -139,10 +139,11 @@ class VQShapeConfig:
     # the official code) -- the code then has to describe the subsequence the shape decoder is scored
     # against (experiments/teacher_health.md, section 4).
     code_input: str = "token"
-    # The patch decoder adds a learned embedding per token slot (N(0, pos_init_std^2)). The official
-    # decoder has none: output patch i comes from token slot i, so a token's code has to carry which
-    # slot it is -- which a code computed from the subsequence alone cannot.
-    decoder_slot_pos: bool = False
+    # What output patch i of the patch decoder reads. "tokens" (official): token slot i -- the decoder has
+    # no positions, so a token's code has to carry which patch it owes, which a code read off the
+    # subsequence cannot. "spans": the mean of the tokens whose spans cover patch i's centre (soft
+    # edges) plus a learned embedding of patch i, so reconstruction is routed by where the spans are.
+    decoder_input: str = "tokens"
 
 
 @dataclass
@@ -322,6 +323,8 @@ CHOICES = {
     "student.vqshape.codebook_init": ("uniform", "data"),
     "teacher.vqshape.code_input": ("token", "subsequence"),
     "teacher.vqshape.head_input": ("attributes", "tokens"),
+    "teacher.vqshape.decoder_input": ("tokens", "spans"),
+    "student.vqshape.decoder_input": ("tokens", "spans"),
     "student.vqshape.head_input": ("attributes", "tokens"),
     "student.vqshape.code_input": ("token", "subsequence"),
 }

@@ -58,6 +58,18 @@ def znorm_rows(s: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
     return s / s.std(-1, keepdim=True).clamp(min=floor)
 
 
+def span_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tensor:
+    """t, l (B', N, 1) -> a (B', num_patch, N): a[i, j] = w_ij / max(sum_j w_ij, 1), where w_ij is token
+    j's soft cover of patch i's centre c_i = (i + 1/2) / num_patch,
+    sigmoid((c_i - t_j) / k) * sigmoid((t_j + l_j - c_i) / k) with k = a quarter patch: a patch under
+    several spans reads their mean, a patch under none reads ~nothing."""
+    k = 0.25 / num_patch
+    c = (torch.arange(num_patch, device=t.device, dtype=t.dtype) + 0.5) / num_patch     # (P,)
+    t_, end = t.transpose(1, 2), (t + l).clamp(max=1).transpose(1, 2)                 # (B', 1, N)
+    w = torch.sigmoid((c[:, None] - t_) / k) * torch.sigmoid((end - c[:, None]) / k)  # (B', P, N)
+    return w / w.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*C, N, k) -> (B, C*N, k): one window's tokens, channel-major."""
     return t.reshape(batch, -1, t.shape[-1])
@@ -368,7 +380,10 @@ class VQShape(nn.Module):
         self.attr_encoder = nn.Linear(cfg.dim_code + 4, d)
         self.patch_decoder = Encoder(d, cfg.dec_heads, cfg.dec_layers, cfg.dropout)
         self.dec_cls = nn.Parameter(torch.randn(1, 1, d) / d) if cfg.decoder_cls_token else None
-        self.dec_pos = nn.Parameter(torch.randn(1, cfg.num_token, d) * cfg.pos_init_std) if cfg.decoder_slot_pos else None
+        if cfg.decoder_input not in ("tokens", "spans"):
+            raise ValueError(f"decoder_input must be 'tokens' or 'spans', got {cfg.decoder_input!r}")
+        self.dec_pos = nn.Parameter(torch.randn(1, cfg.num_token, d) * cfg.pos_init_std) \
+            if cfg.decoder_input == "spans" else None
         self.patch_out = nn.Linear(d, cfg.len_input // cfg.num_token)
         if cfg.head_input not in ("attributes", "tokens"):
             raise ValueError(f"head_input must be 'attributes' or 'tokens', got {cfg.head_input!r}")
@@ -435,8 +450,8 @@ class VQShape(nn.Module):
         shape = shape.view(*z_q.shape[:2], -1)                               # (B', N, len_s)
         s = shape * out["sigma"] + out["mu"]
         h = out["h_hat"]
-        if self.dec_pos is not None:  # output patch i knows it is patch i
-            h = h + self.dec_pos
+        if self.dec_pos is not None:  # patch i reads the tokens covering it, and knows it is patch i
+            h = span_weights(out["t"], out["l"], h.shape[1]) @ h + self.dec_pos
         if self.dec_cls is not None:  # the official patch decoder reads [cls, tokens] and drops cls
             h = torch.cat([self.dec_cls.expand(len(h), -1, -1), h], dim=1)
         x_hat = self.patch_out(self.patch_decoder(h)[:, -out["h_hat"].shape[1]:]).flatten(1)  # (B', T)

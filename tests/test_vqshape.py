@@ -463,15 +463,33 @@ def test_self_supervised_task_keeps_only_the_vqshape_terms():
     assert set(ssl) == {"x", "vq", "s", "div"}
 
 
-@pytest.mark.parametrize("slot_pos", [False, True])
-def test_the_patch_decoder_knows_its_output_slots_only_with_slot_positions(slot_pos):
-    """Without slot positions the patch decoder is permutation-equivariant (as the official one): swapping
-    two tokens swaps their output patches, so only a token's code can say which patch it owes. With
-    decoder_slot_pos the output depends on the slot as well."""
+@pytest.mark.parametrize("decoder_input", ["tokens", "spans"])
+def test_what_the_patch_decoder_reads(decoder_input):
+    """decoder_input=tokens (official): the decoder has no positions, so swapping two tokens swaps their
+    output patches -- only a token's code can say which patch it owes. decoder_input=spans: patch i reads
+    the tokens covering it, so the same tokens in another order give the same reconstruction."""
     torch.manual_seed(0)
-    m = VQShape(tiny_cfg(decoder_slot_pos=slot_pos), 1, 2).eval()
+    m = VQShape(tiny_cfg(decoder_input=decoder_input), 1, 2).eval()
     out = m(torch.randn(2, 1, 512), reconstruct=False)
     x_hat = m.reconstruct(out)["x_hat_n"].view(2, 8, -1)
     perm = torch.tensor([1, 0, *range(2, 8)])
-    swapped = m.reconstruct({**out, "h_hat": out["h_hat"][:, perm]})["x_hat_n"].view(2, 8, -1)
-    assert torch.allclose(swapped, x_hat[:, perm], atol=1e-5) != slot_pos
+    swapped = {**out, **{k: out[k][:, perm] for k in ("h_hat", "t", "l")}}
+    x_swapped = m.reconstruct(swapped)["x_hat_n"].view(2, 8, -1)
+    if decoder_input == "tokens":
+        assert torch.allclose(x_swapped, x_hat[:, perm], atol=1e-5)
+    else:
+        assert torch.allclose(x_swapped, x_hat, atol=1e-5)
+
+
+def test_span_weights_follow_the_spans():
+    from teachers.vqshape import span_weights
+    t = torch.tensor([[[0.0], [0.5]]])                     # token 0 on [0, .5], token 1 on [.5, .75]
+    l = torch.tensor([[[0.5], [0.25]]])
+    a = span_weights(t, l, 8)[0]                           # patch centres 1/16, 3/16, ..., 15/16
+    assert torch.allclose(a[:3], torch.tensor([[1.0, 0.0]] * 3), atol=0.15)   # soft edges: 0.88 half a patch in
+    assert torch.allclose(a[4:6], torch.tensor([[0.0, 1.0]] * 2), atol=0.15)
+    assert a[7].sum() < 0.01                               # nothing covers the last patch: reads ~nothing
+    assert (a.sum(-1) <= 1 + 1e-6).all()
+    t.requires_grad_(True)
+    span_weights(t, l, 8)[0, 3, 0].backward()
+    assert t.grad[0, 0, 0] != 0                            # spans learn from where they cover
