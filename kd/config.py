@@ -282,6 +282,9 @@ class TrainConfig:
     log_every: int = 10
     nonfinite: str = "stop"           # on a non-finite loss: "stop" (raise with step and terms) | "skip" the step
     baseline: bool = True             # also train the no-teacher student for results.json
+    # Compute the frozen teacher's outputs for every training window once, before the student stage,
+    # instead of at every step (exact: training windows are not augmented; costs memory, printed).
+    cache_teacher: bool = True
     # Which epoch's weights a stage keeps: "best_val" = the best validation macro-F1 (validation
     # subjects only; the test split is never looked at during training), "last" = the last epoch.
     select: str = "best_val"

@@ -136,15 +136,68 @@ class StageSpec:
     name: str                                   # teacher | student | baseline (TensorBoard sub-directory)
     epochs: int
     lr: float
-    teacher: Optional[nn.Module] = None          # frozen; its `teach` outputs are passed to the task
+    teacher: Optional[object] = None             # frozen module (its `teach` outputs go to the task) or TeacherCache
     # "best_val": at the end the task holds the weights of the epoch with the best validation macro-F1
     # (the earliest on a tie); "last": the last epoch's. A stage without a validation split keeps the last.
     select: str = "best_val"
 
 
-def teacher_outputs(teacher: Optional[nn.Module], batch: Dict) -> Optional[Dict]:
+class TeacherCache:
+    """A frozen teacher's `teach` outputs for every window of a data set, computed once (in eval mode,
+    batch by batch: no output depends on the other windows of a batch) and looked up by each batch's
+    window `index`. Exact as long as a window's outputs are fixed, i.e. the training windows are not
+    augmented; every epoch of the student then reuses one teacher pass."""
+
+    def __init__(self, teacher: nn.Module, dataset: Dataset, batch_size: int = 128):
+        index, parts = [], {}
+        with torch.no_grad():
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                index.append(batch["index"])
+                for k, v in flat(teacher.teach(batch["x"], batch["y"])).items():
+                    parts.setdefault(k, []).append(v.cpu())
+        index = torch.cat(index)
+        if not torch.equal(index.sort().values, torch.arange(len(dataset))):
+            raise ValueError("TeacherCache needs items whose 'index' is their position in the data set")
+        order = torch.empty_like(index).scatter_(0, index, torch.arange(len(index)))   # window -> row
+        self.store = {k: torch.cat(v)[order] for k, v in parts.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.store.values())
+
+    def teach_batch(self, batch: Dict) -> Dict:
+        idx, device = batch["index"].cpu(), batch["x"].device
+        return unflat({k: v[idx].to(device) for k, v in self.store.items()})
+
+
+def flat(d: Dict, prefix: tuple = ()) -> Dict[tuple, torch.Tensor]:
+    """Nested dict of tensors -> {key path (tuple): tensor}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, prefix + (k,)))
+        elif torch.is_tensor(v):
+            out[prefix + (k,)] = v
+    return out
+
+
+def unflat(d: Dict[tuple, torch.Tensor]) -> Dict:
+    out: Dict = {}
+    for (*path, last), v in d.items():
+        node = out
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return out
+
+
+def teacher_outputs(teacher, batch: Dict) -> Optional[Dict]:
+    """The frozen teacher's outputs for this batch: None without a teacher, looked up in a
+    TeacherCache, or computed live."""
     if teacher is None:
         return None
+    if isinstance(teacher, TeacherCache):
+        return teacher.teach_batch(batch)
     with torch.no_grad():
         return teacher.teach(batch["x"], batch["y"])
 

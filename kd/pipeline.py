@@ -23,7 +23,7 @@ from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_m
 from kd.config import ConfigError, config_from_dict, to_yaml
 from kd.data import build_splits
 from kd.distiller import Distiller, OwnLossTask, TeacherGroup
-from kd.engine import StageSpec, eval_loader, evaluate, fit
+from kd.engine import StageSpec, TeacherCache, eval_loader, evaluate, fit
 from students import build_student
 from teachers import build_teacher
 from kd.layers import param_count
@@ -270,7 +270,13 @@ def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,
     group = TeacherGroup(teacher, extras) if extras else teacher
     distiller = build_distiller(cfg, splits, teacher, group=group)
     group.to(accel.device)
-    spec = StageSpec("student", cfg.train.epochs, cfg.train.lr, teacher=group, select=cfg.train.select)
+    source = group
+    if cfg.train.cache_teacher:   # one teacher pass over the training windows instead of one per step
+        t0 = time.time()
+        source = TeacherCache(group, splits.train, cfg.data.eval_batch_size)
+        accel.print(f"[student] teacher outputs of {len(splits.train)} training windows cached "
+                    f"({source.nbytes / 2**20:.0f} MiB, {time.time() - t0:.0f} s)")
+    spec = StageSpec("student", cfg.train.epochs, cfg.train.lr, teacher=source, select=cfg.train.select)
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
     if accel.is_main_process:

@@ -133,3 +133,39 @@ def test_extra_teacher_errors_name_the_fix(tmp_path, text_cache):
     with pytest.raises(ConfigError, match="needs a main teacher"):
         run(Path("configs/baseline_wrn16_1.yaml"), tmp_path, text_cache,
             f"kd.extra_teachers=[{{name: wrn, checkpoint: {tmp_path}}}]")
+
+
+def test_cached_teacher_outputs_train_the_same_student(tmp_path, text_cache):
+    """train.cache_teacher computes the frozen teacher's outputs once per training window; the student
+    it trains sees the same loss terms as on live teacher outputs. (Weights agree to float noise,
+    except that Adam turns the noise in a gradient that is zero in exact arithmetic -- a bias before a
+    LayerNorm -- into a full lr-sized step, so the loss terms are what is compared.)"""
+    from kd.config import load_config
+    from kd.data import build_splits
+    from kd.engine import TeacherCache
+    from kd.pipeline import load_teacher
+    config = Path("configs/default.yaml")
+    t_dir, _ = run(config, tmp_path, text_cache, "stage=teacher")
+    students = {}
+    for cache in ("true", "false"):
+        run_dir = tmp_path / f"student_cache_{cache}"
+        distill.main(["--config", str(config), *TINY, f"run_dir={run_dir}", f"text.cache_dir={text_cache}",
+                      "stage=student", f"teacher.checkpoint={t_dir / 'teacher'}", f"train.cache_teacher={cache}",
+                      "train.baseline=false", "train.max_steps=3", "kd.workspace.prior_prob=0.0"])
+        ea = EventAccumulator(str(run_dir / "tb" / "student"))
+        ea.Reload()
+        students[cache] = {t: [e.value for e in ea.Scalars(t)] for t in ea.Tags()["scalars"] if t.startswith("train/loss_")}
+    assert students["true"].keys() == students["false"].keys() and "train/loss_attr" in students["true"]
+    for tag, values in students["true"].items():
+        assert len(values) == 3 and values == pytest.approx(students["false"][tag], rel=1e-3, abs=1e-5), tag
+    # the cache itself: any batch of windows, in any order, looks up what the teacher computes live
+    cfg = load_config(config, [*TINY, f"text.cache_dir={text_cache}"])
+    splits = build_splits(cfg.data)
+    teacher, _ = load_teacher(t_dir / "teacher", splits)
+    cached = TeacherCache(teacher, splits.train, batch_size=7)
+    idx = torch.randperm(len(splits.train))[:5]
+    batch = {k: torch.stack([splits.train[int(i)][k] for i in idx]) for k in ("x", "y", "index")}
+    live, got = teacher.teach(batch["x"], batch["y"]), cached.teach_batch(batch)
+    assert torch.allclose(got["logits"], live["logits"], atol=1e-5)
+    assert all(torch.allclose(got["attr"][k], live["attr"][k], atol=1e-5) for k in live["attr"])
+    assert torch.allclose(got["action_tokens"], live["action_tokens"], atol=1e-5)
