@@ -144,6 +144,10 @@ class VQShapeConfig:
     # subsequence cannot. "spans": the mean of the tokens whose spans cover patch i's centre (soft
     # edges) plus a learned embedding of patch i, so reconstruction is routed by where the spans are.
     decoder_input: str = "tokens"
+    # "tiling": each token slot's (t, l) logits get a learned offset that starts the N spans as a tiling
+    # of the window (slot i on [i/N, i/N + 2/N]); "none" (official): every slot starts near t = 0.5,
+    # l = 0.25, so at first every span reads the same subsequence.
+    span_init: str = "none"
 
 
 @dataclass
@@ -327,6 +331,8 @@ CHOICES = {
     "teacher.vqshape.code_input": ("token", "subsequence"),
     "teacher.vqshape.head_input": ("attributes", "tokens"),
     "teacher.vqshape.decoder_input": ("tokens", "spans"),
+    "teacher.vqshape.span_init": ("none", "tiling"),
+    "student.vqshape.span_init": ("none", "tiling"),
     "student.vqshape.decoder_input": ("tokens", "spans"),
     "student.vqshape.head_input": ("attributes", "tokens"),
     "student.vqshape.code_input": ("token", "subsequence"),

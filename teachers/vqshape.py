@@ -70,6 +70,14 @@ def span_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tens
     return w / w.sum(-1, keepdim=True).clamp(min=1.0)
 
 
+def tiling_logits(n: int, min_len: float) -> torch.Tensor:
+    """(n, 2) logits of (t, l) that put slot i on [i/n, i/n + 2/n] through the heads' parameterisation
+    t = sigmoid(a) (1 - min_len), l = sigmoid(b) (1 - t) + min_len (spans overlap by half)."""
+    t = torch.arange(n, dtype=torch.float32) / n
+    l_frac = ((2.0 / n - min_len) / (1 - t)).clamp(0.01, 0.99)
+    return torch.stack([torch.logit((t / (1 - min_len)).clamp(0.01, 0.99)), torch.logit(l_frac)], dim=-1)
+
+
 def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*C, N, k) -> (B, C*N, k): one window's tokens, channel-major."""
     return t.reshape(batch, -1, t.shape[-1])
@@ -300,7 +308,8 @@ class AttributeHeads(nn.Module):
     the input of an MLP code encoder for z_e.
     """
 
-    def __init__(self, dim: int, dim_code: int, min_len: float, code_input: str = "token", len_s: int = 128):
+    def __init__(self, dim: int, dim_code: int, min_len: float, code_input: str = "token", len_s: int = 128,
+                 span_offsets: Optional[torch.Tensor] = None):
         super().__init__()
         if code_input not in ("token", "subsequence"):
             raise ValueError(f"code_input must be 'token' or 'subsequence', got {code_input!r}")
@@ -312,10 +321,15 @@ class AttributeHeads(nn.Module):
         else:
             self.code_encoder = MLP(len_s, dim_code, dim)
         self.tl_head = MLP(dim, 2, dim)
+        # per-slot logit offsets (N, 2) of (t, l), learned; None = the official heads
+        self.span_offsets = nn.Parameter(span_offsets) if span_offsets is not None else None
 
     def forward(self, h: torch.Tensor, h_z: Optional[torch.Tensor] = None,
                 x_n: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        tl = torch.sigmoid(self.tl_head(h))
+        logits = self.tl_head(h)
+        if self.span_offsets is not None:
+            logits = logits + self.span_offsets
+        tl = torch.sigmoid(logits)
         t = tl[..., :1] * (1 - self.min_len)
         l = tl[..., 1:] * (1 - t) + self.min_len
         if self.code_input == "token":
@@ -373,7 +387,10 @@ class VQShape(nn.Module):
                                     cfg.enc_heads, cfg.enc_layers, cfg.dropout, cfg.pos_init_std)
         self.queries = nn.Parameter(torch.randn(1, cfg.num_token, d) / d)
         self.tokenizer = Decoder(d, cfg.tok_heads, cfg.tok_layers, cfg.dropout)
-        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s)
+        if cfg.span_init not in ("none", "tiling"):
+            raise ValueError(f"span_init must be 'none' or 'tiling', got {cfg.span_init!r}")
+        offsets = tiling_logits(cfg.num_token, self.min_len) if cfg.span_init == "tiling" else None
+        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
                                       cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)
