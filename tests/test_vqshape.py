@@ -493,3 +493,21 @@ def test_span_weights_follow_the_spans():
     t.requires_grad_(True)
     span_weights(t, l, 8)[0, 3, 0].backward()
     assert t.grad[0, 0, 0] != 0                            # spans learn from where they cover
+
+
+def test_tiling_span_init_starts_the_slots_side_by_side():
+    """span_init=tiling: with the t/l head's output at zero, slot i sits on [i/N, i/N + 2/N] (clamped to the
+    head's range); the offsets are learned parameters. span_init=none keeps the official heads."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(span_init="tiling"), 1, 2).eval()
+    with torch.no_grad():
+        m.attr.tl_head[-1].weight.zero_()
+        m.attr.tl_head[-1].bias.zero_()
+    out = m(torch.randn(2, 1, 512), reconstruct=False)
+    n = 8
+    expect_t = torch.arange(n) / n
+    assert torch.allclose(out["t"][0, 1:, 0], expect_t[1:], atol=1e-4)       # slot 0: clamped at logit(0.01)
+    assert torch.allclose(out["l"][0, 1:-1, 0], torch.full((n - 2,), 2 / n), atol=1e-4)
+    assert (out["t"] + out["l"])[0, -1, 0] > 0.99                          # the last slot reaches the end
+    assert m.attr.span_offsets.requires_grad
+    assert VQShape(tiny_cfg(), 1, 2).attr.span_offsets is None
