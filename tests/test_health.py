@@ -80,7 +80,7 @@ def short_teacher_training(overrides, steps=300, seed=0):
     from teachers.health import health_report
     vq = ("dim=32,enc_layers=1,enc_heads=4,tok_layers=1,tok_heads=4,dec_layers=1,dec_heads=4,num_token=8,"
           "num_code=64,len_s=32,head_hidden=32")
-    cfg = load_config(None, ["data.name=synthetic", "data.synthetic.num_windows=200", "data.synthetic.num_subjects=5",
+    cfg = load_config("configs/default.yaml", ["data.name=synthetic", "data.synthetic.num_windows=200", "data.synthetic.num_subjects=5",
                              "data.length=128", "teacher.text_guidance=false",
                              *[f"teacher.vqshape.{kv}" for kv in vq.split(",")], *overrides])
     splits = build_splits(cfg.data)
@@ -103,24 +103,33 @@ def short_teacher_training(overrides, steps=300, seed=0):
     return health_report(model, splits.test)
 
 
-# The project's teacher before the health work: positions at 0.02, losses on the sensor scale, no
-# decoder class token, cross-entropy through the tokens (experiments/teacher_health.md).
-OLD_TEACHER = ["teacher.vqshape.pos_init_std=0.02", "teacher.vqshape.loss_scale=input",
-               "teacher.vqshape.decoder_cls_token=false", "teacher.vqshape.head_detach=false"]
-LEARNED = {"recon_r2": 0.3, "span_t_std": 0.1}
+# The default teacher of configs/default.yaml, made small; and two earlier teachers for the negative
+# controls: codes from a head on the token (the official model; the default until section 4 of
+# experiments/teacher_health.md), and the teacher before the health work.
+TOKEN_CODES = ["teacher.vqshape.code_input=token", "teacher.vqshape.span_init=none",
+               "teacher.vqshape.decoder_input=tokens"]
+OLD_TEACHER = [*TOKEN_CODES, "teacher.vqshape.pos_init_std=0.02", "teacher.vqshape.loss_scale=input",
+               "teacher.vqshape.decoder_cls_token=false", "teacher.vqshape.head_detach=false",
+               "teacher.vqshape.lambda_shape_norm=0"]
+LEARNED = {"distinct_shapes": 8, "shape_fit_r2": 0.3, "recon_r2": 0.3}
 
 
-def test_short_training_learns_tokens_that_depend_on_the_input():
-    report = short_teacher_training(["teacher.vqshape.head_detach=true"])
-    assert report["recon_r2"] >= LEARNED["recon_r2"], report
-    assert report["span_t_std"] >= LEARNED["span_t_std"], report
-    assert report["codes_used"] >= 8, report
+def learned(report) -> bool:
+    return all(report[k] >= v for k, v in LEARNED.items())
+
+
+def test_short_training_learns_distinct_shapes_that_fit_and_reconstruct():
+    """The default teacher (configs/default.yaml), trained 300 steps on generated windows, must learn
+    several distinct shapes that fit their subsequences and a reconstruction better than the mean.
+    (Measured, seed 0: 38 distinct shapes, shape fit 0.59, recon 0.54; token codes: 1, -2.2, 0.48.)"""
+    report = short_teacher_training([])
+    assert learned(report) and report["codes_used"] >= 8, report
 
 
 @pytest.mark.control
-def test_the_old_teacher_fails_the_same_thresholds():
-    """The thresholds above can fail: the teacher as it was before the health options stays under them.
-    A negative control of ~3 min on 2 cores, outside the default run: `pytest -m control`."""
-    report = short_teacher_training(OLD_TEACHER)
-    assert report["recon_r2"] < LEARNED["recon_r2"] and report["span_t_std"] < LEARNED["span_t_std"], report
-    assert report["collapsed"]
+@pytest.mark.parametrize("overrides", [TOKEN_CODES, OLD_TEACHER], ids=["token_codes", "old_teacher"])
+def test_earlier_teachers_fail_the_same_thresholds(overrides):
+    """The thresholds above can fail: earlier teachers stay under them. A negative control of a few
+    minutes on 2 cores, outside the default run: `pytest -m control`."""
+    report = short_teacher_training(overrides)
+    assert not learned(report), report
