@@ -48,8 +48,7 @@ def main(argv=None) -> dict:
                           **({"teacher_health": health_summary(health)} if health else {})}, indent=2))
         if health and health["collapsed"]:
             print("!!! WARNING: the teacher's tokens have COLLAPSED (" + "; ".join(health["collapse_reasons"])
-                  + "): what it gives the student is close to a constant. See teacher/shapes.png and "
-                  "teacher/token_windows.png. !!!")
+                  + "). See teacher/shapes.png and teacher/token_windows.png. !!!")
     end_processes()
     return results
 

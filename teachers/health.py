@@ -138,8 +138,14 @@ def health_figures(o: Dict[str, torch.Tensor], decode_codes, num_code: int) -> D
     }
 
 
+MEANING = {"distinct_shapes": "the used codes decode to a few shapes",
+           "span_t_std": "the spans sit at the same place whatever the input",
+           "span_coverage": "most of each window lies under no span",
+           "recon_r2": "the tokens do not reconstruct the series"}
+
+
 def collapse_reasons(report: Dict) -> List[str]:
-    return [f"{k}={report[k]:.3g} < {v}" for k, v in COLLAPSE_LIMITS.items()
+    return [f"{k}={report[k]:.3g} < {v}: {MEANING[k]}" for k, v in COLLAPSE_LIMITS.items()
             if not (isinstance(report[k], float) and math.isnan(report[k])) and report[k] < v]
 
 
@@ -150,5 +156,5 @@ def format_health(report: Dict) -> str:
             f"{report['shape_fit_r2']:.2f}, reconstruction R2 {report['recon_r2']:.2f}")
     if report["collapsed"]:
         line += ("\n!!! TEACHER COLLAPSED: " + "; ".join(report["collapse_reasons"])
-                 + ". Its tokens barely depend on the input; distilling them transmits near-constants. !!!")
+                 + ". What a student distils from these parts of the tokens is close to a constant. !!!")
     return line
