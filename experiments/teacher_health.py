@@ -18,24 +18,26 @@ from pathlib import Path
 # The project's teacher before the health work (its old defaults spelled out) and the options since;
 # every variant trains 30 teacher epochs in all, as configs/default.yaml does.
 ONE_PHASE = ["train.teacher_ssl_epochs=0", "train.teacher_epochs=30"]
+# codes from a head on the token, as the official model (the default until section 4 of teacher_health.md)
+TOKEN_CODES = ["teacher.vqshape.code_input=token", "teacher.vqshape.span_init=none",
+               "teacher.vqshape.decoder_input=tokens"]
 BEFORE = ["teacher.vqshape.pos_init_std=0.02", "teacher.vqshape.decoder_cls_token=false",
           "teacher.vqshape.loss_scale=input", "teacher.vqshape.head_detach=false",
-          "teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE]
+          "teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE, *TOKEN_CODES]
 VARIANTS = {
     "before": BEFORE,
     "pos": ["teacher.vqshape.pos_init_std=1.0", *BEFORE[1:]],
-    "pos+scale+cls": ["teacher.vqshape.head_detach=false", "teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE],
-    "+detach": ["teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE],
-    "+detach+shape": ONE_PHASE,
+    "pos+scale+cls": ["teacher.vqshape.head_detach=false", "teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE,
+                      *TOKEN_CODES],
+    "+detach": ["teacher.vqshape.lambda_shape_norm=0", *ONE_PHASE, *TOKEN_CODES],
+    "+detach+shape": [*ONE_PHASE, *TOKEN_CODES],
     "after": [],                                         # configs/default.yaml as it stands
     "after-signal": ["teacher.text_guidance=false"],
-    # codes from each span's own subsequence (section 4 of experiments/teacher_health.md)
-    "sub": ["teacher.vqshape.code_input=subsequence"],
-    "sub-signal": ["teacher.vqshape.code_input=subsequence", "teacher.text_guidance=false"],
-    # ... and a head over the (detached) tokenizer outputs instead of the attribute numbers
-    "sub+tokhead": ["teacher.vqshape.code_input=subsequence", "teacher.vqshape.head_input=tokens"],
-    "sub+tokhead-signal": ["teacher.vqshape.code_input=subsequence", "teacher.vqshape.head_input=tokens",
-                           "teacher.text_guidance=false"],
+    "token-codes": TOKEN_CODES,                          # section 2's default
+    "token-codes-signal": [*TOKEN_CODES, "teacher.text_guidance=false"],
+    # a head over the (detached) tokenizer outputs instead of the attribute numbers
+    "tokhead": ["teacher.vqshape.head_input=tokens"],
+    "tokhead-signal": ["teacher.vqshape.head_input=tokens", "teacher.text_guidance=false"],
 }
 KEYS = ("distinct_shapes", "codes_used", "perplexity", "span_coverage", "span_t_std", "span_l_std",
         "shape_fit_r2", "recon_r2")
