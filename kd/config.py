@@ -324,19 +324,19 @@ CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
     "train.select": ("best_val", "last"),
-    "teacher.vqshape.loss_scale": ("normalized", "input"),
-    "student.vqshape.loss_scale": ("normalized", "input"),
-    "teacher.vqshape.codebook_init": ("uniform", "data"),
-    "student.vqshape.codebook_init": ("uniform", "data"),
-    "teacher.vqshape.code_input": ("token", "subsequence"),
-    "teacher.vqshape.head_input": ("attributes", "tokens"),
-    "teacher.vqshape.decoder_input": ("tokens", "spans"),
-    "teacher.vqshape.span_init": ("none", "tiling"),
-    "student.vqshape.span_init": ("none", "tiling"),
-    "student.vqshape.decoder_input": ("tokens", "spans"),
-    "student.vqshape.head_input": ("attributes", "tokens"),
-    "student.vqshape.code_input": ("token", "subsequence"),
 }
+
+
+# VQShape options, the same for the teacher's and the student's VQShape
+VQSHAPE_CHOICES = {
+    "loss_scale": ("normalized", "input"),
+    "codebook_init": ("uniform", "data"),
+    "code_input": ("token", "subsequence"),
+    "head_input": ("attributes", "tokens"),
+    "decoder_input": ("tokens", "spans"),
+    "span_init": ("none", "tiling"),
+}
+CHOICES.update({f"{side}.vqshape.{k}": v for side in ("teacher", "student") for k, v in VQSHAPE_CHOICES.items()})
 
 
 class ConfigError(ValueError):

@@ -28,7 +28,11 @@ from torch.utils.data import DataLoader
 from teachers.vqshape import extract_subsequence, znorm_rows
 
 # Below these a teacher is reported as collapsed (loudly: log and run summary).
-COLLAPSE_LIMITS = {"distinct_shapes": 4, "span_t_std": 0.05, "span_coverage": 0.5, "recon_r2": 0.3}
+# figure: (limit, what a value under it means)
+COLLAPSE_LIMITS = {"distinct_shapes": (4, "the used codes decode to a few shapes"),
+                   "span_t_std": (0.05, "the spans sit at the same place whatever the input"),
+                   "span_coverage": (0.5, "most of each window lies under no span"),
+                   "recon_r2": (0.3, "the tokens do not reconstruct the series")}
 SHAPE_CORR = 0.9
 
 
@@ -138,15 +142,9 @@ def health_figures(o: Dict[str, torch.Tensor], decode_codes, num_code: int) -> D
     }
 
 
-MEANING = {"distinct_shapes": "the used codes decode to a few shapes",
-           "span_t_std": "the spans sit at the same place whatever the input",
-           "span_coverage": "most of each window lies under no span",
-           "recon_r2": "the tokens do not reconstruct the series"}
-
-
 def collapse_reasons(report: Dict) -> List[str]:
-    return [f"{k}={report[k]:.3g} < {v}: {MEANING[k]}" for k, v in COLLAPSE_LIMITS.items()
-            if not (isinstance(report[k], float) and math.isnan(report[k])) and report[k] < v]
+    return [f"{k}={report[k]:.3g} < {limit}: {meaning}" for k, (limit, meaning) in COLLAPSE_LIMITS.items()
+            if not (isinstance(report[k], float) and math.isnan(report[k])) and report[k] < limit]
 
 
 def format_health(report: Dict) -> str:

@@ -51,11 +51,16 @@ def disentangle_loss(t: torch.Tensor, l: torch.Tensor, threshold: float, min_len
     return F.relu(threshold - d).mean()
 
 
+def row_stats(s: torch.Tensor, floor: float = 1e-2):
+    """Mean and (unbiased) std of each row, the std floored so a flat row stays flat."""
+    return s.mean(-1, keepdim=True), s.std(-1, keepdim=True).clamp(min=floor)
+
+
 def znorm_rows(s: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
     """Rows to zero mean and unit (unbiased) std, as the shape decoder's output; std floored so a
     flat subsequence stays flat instead of amplifying noise."""
-    s = s - s.mean(-1, keepdim=True)
-    return s / s.std(-1, keepdim=True).clamp(min=floor)
+    mean, std = row_stats(s, floor)
+    return (s - mean) / std
 
 
 def span_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tensor:
@@ -338,8 +343,7 @@ class AttributeHeads(nn.Module):
         if x_n is None:
             raise ValueError("code_input='subsequence' needs the normalised series x_n")
         sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)     # (B', N, len_s)
-        mu = sub.mean(-1, keepdim=True)
-        sigma = sub.std(-1, keepdim=True).clamp(min=1e-2)                       # as znorm_rows
+        mu, sigma = row_stats(sub)
         return {"z_e": self.code_encoder((sub - mu) / sigma), "t": t, "l": l, "mu": mu, "sigma": sigma}
 
 
