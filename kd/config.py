@@ -365,6 +365,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         raise ConfigError(f"bad value for config key {key!r}: {str(err).splitlines()[0]}") from None
     derive_window_length(cfg, user_keys(path, overrides))
     validate_config(cfg)
+    from kd.contract import check_pairing          # the models' declared outputs (imports the models)
+    check_pairing(cfg)
     return cfg
 
 

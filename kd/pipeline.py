@@ -235,7 +235,6 @@ def build_distiller(cfg, splits, teacher: nn.Module, group: Optional[nn.Module] 
     if hasattr(student, "adopt"):
         student.adopt(teacher)
     probe = probe_outputs(student, group if group is not None else teacher, sample_batch(splits.train))
-    probe["teacher_arch"] = cfg.teacher.arch
     return Distiller(cfg.kd, student, teacher, probe)
 
 
@@ -251,15 +250,9 @@ def student_meta(cfg, splits, student: nn.Module, workspace: Optional[nn.Module]
 
 
 def load_extra_teachers(cfg, splits) -> Dict[str, nn.Module]:
-    """kd.extra_teachers: checkpoints of earlier stage=teacher runs, each checked against this run's data."""
-    extras = {}
-    for t in cfg.kd.extra_teachers:
-        path = Path(t.checkpoint)
-        if not (path / "model.safetensors").is_file():
-            raise CheckpointError(f"kd.extra_teachers {t.name!r}: no teacher checkpoint at {str(path)!r}; train it "
-                                  f"first (distill.py stage=teacher run_dir=...) and give its <run_dir>/teacher")
-        extras[t.name] = load_teacher(path, splits)[0]
-    return extras
+    """kd.extra_teachers: checkpoints of earlier stage=teacher runs (found at config load), each checked
+    against this run's data."""
+    return {t.name: load_teacher(Path(t.checkpoint), splits)[0] for t in cfg.kd.extra_teachers}
 
 
 def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,

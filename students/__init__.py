@@ -5,9 +5,9 @@ from typing import Callable, Dict
 
 import torch.nn as nn
 
-from students.resnet import resnet_small
+from students.resnet import ResNet1d, resnet_small
 from students.vqshape_student import VQShapeStudent
-from students.wrn import wrn16_1, wrn16_3
+from students.wrn import WRN1d, wrn16_1, wrn16_3
 
 
 def _vqshape_student(cnn, vqshape, num_channels: int, num_classes: int, num_actions: int, freeze_shared: bool):
@@ -26,6 +26,9 @@ STUDENTS: Dict[str, Callable] = {
     "resnet": _cnn(resnet_small),
     "vqshape_student": _vqshape_student,
 }
+# the class each arch builds, known from the config alone (its declared outputs: kd/contract.py)
+STUDENT_CLASSES: Dict[str, type] = {"wrn16_1": WRN1d, "wrn16_3": WRN1d, "resnet": ResNet1d,
+                                    "vqshape_student": VQShapeStudent}
 
 
 def build_student(arch: str, cnn, vqshape, num_channels: int, num_classes: int, num_actions: int = 0,

@@ -26,6 +26,10 @@ class CNNStudent(nn.Module):
     """encode / decode split plus the engine's protocol. Subclasses build `self.body`
     (x [B, C, T] -> features [B, D, L]), set `feature_dim`, `strides` and `cfg`."""
 
+    # what distillation may read (kd/contract.py): forward as a student, `teach` as a teacher
+    OUTPUTS = frozenset({"logits", "features"})
+    TEACH_OUTPUTS = OUTPUTS | {"feature_tokens"}
+
     def __init__(self, num_channels: int, num_classes: int, feature_dim: int):
         super().__init__()
         self.num_channels, self.num_classes, self.feature_dim = num_channels, num_classes, feature_dim

@@ -16,6 +16,9 @@ SHARED = ("dim_code", "num_code", "len_s", "num_token", "len_input")
 class VQShapeStudent(VQShape):
     """A smaller VQShape; `adopt(teacher)` copies and freezes the shared parts."""
 
+    # what forward gives distillation (kd/contract.py); + action_logits with the teacher's action decoder
+    OUTPUTS = frozenset({"logits", "features", "attr", "code_dist"})
+
     def __init__(self, cfg, num_channels: int, num_classes: int, num_actions: int = 0, action_hidden: int = 64,
                  freeze_shared: bool = True):
         super().__init__(cfg, num_channels, num_classes)

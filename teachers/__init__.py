@@ -28,6 +28,16 @@ TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape}
 TEACHERS.update({arch: _student_as_teacher(arch) for arch in ("wrn16_1", "wrn16_3", "resnet")})
 
 
+def teacher_class(cfg) -> type:
+    """The class `build_teacher(cfg, ...)` builds, known from the config alone (kd/contract.py)."""
+    if cfg.arch == "vqshape":
+        return MMVQShape if cfg.text_guidance else VQShape
+    from students import STUDENT_CLASSES
+    if cfg.arch not in TEACHERS:
+        raise ValueError(f"unknown teacher arch {cfg.arch!r}; known: {sorted(TEACHERS)}")
+    return STUDENT_CLASSES[cfg.arch]
+
+
 def build_teacher(cfg, num_channels: int, num_classes: int, text: Optional[Dict] = None) -> nn.Module:
     """cfg: the TeacherConfig node; text: MMVQShape's text tensors (vocab_emb, class_index, class_mask, label_emb)."""
     if cfg.arch not in TEACHERS:

@@ -63,6 +63,8 @@ def supcon_loss(sig: torch.Tensor, txt: torch.Tensor, y: torch.Tensor, valid: to
 class MMVQShape(VQShape):
     """VQShape whose z head reads text-fused tokens, plus the action branch."""
 
+    TEACH_OUTPUTS = VQShape.TEACH_OUTPUTS | {"action_logits", "action_tokens"}
+
     def __init__(self, cfg, fusion, num_channels: int, num_classes: int, vocab_emb: torch.Tensor,
                  class_index: torch.Tensor, class_mask: torch.Tensor, label_emb: torch.Tensor):
         super().__init__(cfg, num_channels, num_classes)

@@ -376,6 +376,8 @@ class VQShape(nn.Module):
     """Signal-only VQShape with a classification head. `forward` -> dict; `losses` -> named terms."""
 
     min_len = 1 / 64
+    # what `teach` gives distillation (kd/contract.py; a test compares it with the real outputs)
+    TEACH_OUTPUTS = frozenset({"logits", "attr", "code_dist", "code_idx", "shape_tokens", "features"})
 
     def __init__(self, cfg, num_channels: int, num_classes: int):
         super().__init__()

@@ -125,9 +125,8 @@ def test_several_teachers_as_knowledge_sources(tmp_path, text_cache):
 
 
 def test_extra_teacher_errors_name_the_fix(tmp_path, text_cache):
-    from kd.checkpoint import CheckpointError
     from kd.config import ConfigError
-    with pytest.raises(CheckpointError, match="kd.extra_teachers 'wrn': no teacher checkpoint"):
+    with pytest.raises(ConfigError, match="kd.extra_teachers 'wrn': no teacher checkpoint"):
         run(Path("configs/synthetic_smoke.yaml"), tmp_path, text_cache,
             f"kd.extra_teachers=[{{name: wrn, checkpoint: {tmp_path / 'nope'}}}]")
     with pytest.raises(ConfigError, match="needs a main teacher"):

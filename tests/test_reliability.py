@@ -109,6 +109,7 @@ def test_teacher_checkpoint_that_does_not_fit_the_data(tmp_path, text_cache):
                                               r"teacher.vqshape.dim: checkpoint 32 vs config 16"):
         distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={tmp_path / 'v'}",
                       f"text.cache_dir={text_cache}", "stage=student", "teacher.text_guidance=false",
+                      "kd.sources=[{name: shape, tokens: shape_tokens}]", "kd.action_kl.weight=0",   # a signal pairing
                       "teacher.vqshape.dim=16", f"teacher.checkpoint={teacher_run / 'teacher'}"])
     # A checkpoint written before a config key existed loads: the key takes its default.
     meta_path = teacher_run / "teacher" / "meta.json"

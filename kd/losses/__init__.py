@@ -1,9 +1,9 @@
 """Distillation losses, one method per file: a pure `xxx_loss(...)` function plus a thin module whose
 `forward(s_out, t_out)` returns one named, already-weighted term. `requires` names the output keys a
-loss reads from BOTH the student and the teacher."""
+loss reads from BOTH the student and the teacher (checked at config load: kd/contract.py)."""
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict
 
 import torch.nn as nn
 
@@ -23,7 +23,7 @@ LOSSES: Dict[str, type] = {
     "sp": SimilarityPreserving,
 }
 
-__all__ = ["LOSSES", "ATTRIBUTES", "build_loss", "check_outputs", "logit_kd_loss", "attr_loss", "code_kl_loss",
+__all__ = ["LOSSES", "ATTRIBUTES", "build_loss", "logit_kd_loss", "attr_loss", "code_kl_loss",
            "action_kl_loss", "feature_hint_loss", "sp_loss"]
 
 
@@ -36,14 +36,3 @@ def _known(name: str) -> type:
 def build_loss(name: str, cfg, student_dims: Dict, teacher_dims: Dict) -> nn.Module:
     """cfg: that loss's LossConfig; dims: {"feature_dim": D, "feature_len": L} of each side (feature hint)."""
     return _known(name)(cfg, student_dims, teacher_dims)
-
-
-def check_outputs(names: Iterable[str], student_keys: Iterable[str], teacher_keys: Iterable[str]) -> None:
-    """Raise before training when an enabled loss needs an output one side does not produce."""
-    s, t = set(student_keys), set(teacher_keys)
-    for name in names:
-        for key in _known(name).requires:
-            for side, keys in (("student", s), ("teacher", t)):
-                if key not in keys:
-                    raise ValueError(f"kd.{name} needs {key!r} from the {side}, which this {side} does not "
-                                     f"produce (it has {sorted(keys)}); set kd.{name}.weight=0 or change the pairing")
