@@ -68,8 +68,8 @@ class FrozenTokenSpace(nn.Module):
     def __init__(self, teacher: nn.Module):
         super().__init__()
         self.codebook = copy.deepcopy(teacher.codebook).requires_grad_(False)
-        act = getattr(teacher, "action_decoder", None)
-        self.action_decoder = copy.deepcopy(act).requires_grad_(False) if act is not None else None
+        self.action_decoder = copy.deepcopy(teacher.action_decoder).requires_grad_(False) \
+            if teacher.num_actions else None
 
     def forward(self, attr: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         z_e = attr["z_e"]                                                    # (B, G, dc)
@@ -175,8 +175,7 @@ class Distiller(nn.Module):
 
     def has_action_tokens(self) -> bool:
         """True when the student's tokens carry sub-action logits (own or through the adapter)."""
-        own = getattr(self.student, "action_decoder", None) is not None
-        return own or (self.tokens is not None and self.tokens.action_decoder is not None)
+        return self.student.num_actions > 0 or (self.tokens is not None and self.tokens.action_decoder is not None)
 
     # -- inference -------------------------------------------------------------------------
     def predict(self, batch: Dict) -> torch.Tensor:

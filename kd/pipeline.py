@@ -150,10 +150,9 @@ def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.
         raise CheckpointError(f"teacher checkpoint {str(path)!r} does not fit this run: " + "; ".join(diffs)
                               + " (point teacher.checkpoint at a matching teacher, or set the pairing's "
                               "teacher.* to the checkpoint's values)")
+    # a text-guided teacher's text tensors are its own buffers: its constructor arguments, saved with it
     text = {k: state[k] for k in ("vocab_emb", "class_index", "class_mask", "label_emb")} \
         if tcfg.arch == "vqshape" and tcfg.text_guidance else None
-    if text is not None:  # padding was stored as 0 with mask False; the builder expects -1 there
-        text["class_index"] = text["class_index"].masked_fill(~text["class_mask"], -1)
     teacher = build_teacher(tcfg, meta["num_channels"], len(meta["class_names"]), text)
     load_weights(teacher, state, str(path))
     return freeze(teacher), meta
@@ -231,7 +230,7 @@ def new_student(cfg, splits, num_actions: int = 0, freeze_shared: bool = False) 
 def build_distiller(cfg, splits, teacher: nn.Module, group: Optional[nn.Module] = None) -> Distiller:
     """group: the teacher plus extra teachers (TeacherGroup), whose outputs are the knowledge
     sources; the student still adopts the main teacher's frozen codebook and decoders."""
-    student = new_student(cfg, splits, teacher.M if hasattr(teacher, "M") else 0, freeze_shared=True)
+    student = new_student(cfg, splits, teacher.num_actions, freeze_shared=True)
     if hasattr(student, "adopt"):
         student.adopt(teacher)
     probe = probe_outputs(student, group if group is not None else teacher, sample_batch(splits.train))
@@ -240,12 +239,10 @@ def build_distiller(cfg, splits, teacher: nn.Module, group: Optional[nn.Module] 
 
 def student_meta(cfg, splits, student: nn.Module, workspace: Optional[nn.Module], teacher_meta_: Optional[Dict],
                  role: str) -> Dict:
-    act = getattr(student, "action_decoder", None)
     return {"role": role, "arch": cfg.student.arch, "config": OmegaConf.to_container(cfg, resolve=True),
             "class_names": list(splits.class_names), "num_channels": splits.num_channels,
-            "length": splits.length, "num_actions": act[-1].out_features if act is not None else 0,
-            "workspace_sources": [[n, p.tokens.in_features, p.width.in_features] for n, p in workspace.project.items()]
-            if workspace is not None else None,
+            "length": splits.length, "num_actions": student.num_actions,
+            "workspace": workspace.args if workspace is not None else None,        # its constructor arguments
             "teacher": (teacher_meta_ or {}).get("arch")}
 
 
@@ -423,7 +420,7 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     if aligned:
         from kd.recovery import alignment_report
         report["alignment"] = alignment_report(teacher, splits.test)
-    if hasattr(teacher, "M"):  # text-guided: the class-text number is a diagnostic, named as such
+    if teacher.num_actions:  # text-guided: the class-text number is a diagnostic, named as such
         oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
                              teacher)
         report["oracle_class_text_accuracy"] = oracle["accuracy"]

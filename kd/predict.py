@@ -1,6 +1,7 @@
 """Signal-only inference with an exported student: no teacher, no text.
 
     python -m kd.predict --model runs/default/student --npz windows.npz [--layout NTC]
+    python -m kd.predict --upgrade runs/old/student      # re-export a checkpoint from an older version
 
 Windows are resampled to the student's length; with `y` in the file, accuracy and macro-F1
 are printed too.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -45,11 +46,11 @@ class Predictor(nn.Module):
         self.model = nn.ModuleDict({"student": build_student(
             meta["arch"], cfg.student.cnn, cfg.student.vqshape, self.num_channels, len(self.class_names),
             meta["num_actions"], freeze_shared=meta["role"] == "student")})
-        if meta["workspace_sources"]:
-            D = state["workspace.slot_prior"].shape[-1]
-            name = meta["workspace_sources"][0][0]
-            L = state[f"workspace.project.{name}.tokens.weight"].shape[0]
-            self.model["workspace"] = Workspace(cfg.kd.workspace, [tuple(s) for s in meta["workspace_sources"]], D, L)
+        if "workspace" not in meta:
+            raise CheckpointError(f"{path} was exported before meta.json held the workspace's constructor "
+                                  f"arguments; re-export it once with: python -m kd.predict --upgrade {path}")
+        if meta["workspace"]:
+            self.model["workspace"] = Workspace(cfg.kd.workspace, **meta["workspace"])
         load_weights(self.model, state, str(path))
         self.eval()
         cnn = isinstance(self.model["student"], FUSABLE)
@@ -85,13 +86,35 @@ class Predictor(nn.Module):
         return [self.class_names[i] for i in self.logits(self.prepare(x, layout)).argmax(-1).tolist()]
 
 
+def upgrade(path: Union[str, Path]) -> Dict:
+    """Re-export a student checkpoint written before meta.json held the workspace's constructor
+    arguments: read them once off the saved weights' shapes and write them into meta.json (the weights
+    are untouched). Returns the new meta."""
+    state, meta = read_checkpoint(path)
+    if "workspace" not in meta:
+        old = meta.pop("workspace_sources", None)
+        meta["workspace"] = {"sources": old, "width": state["workspace.slot_prior"].shape[-1],
+                             "length": state[f"workspace.project.{old[0][0]}.tokens.weight"].shape[0]} if old else None
+        tmp = Path(path) / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(Path(path) / "meta.json")
+    return meta
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="exported student directory")
-    p.add_argument("--npz", required=True, help="file with X (and optionally y)")
+    p.add_argument("--model", help="exported student directory")
+    p.add_argument("--npz", help="file with X (and optionally y)")
     p.add_argument("--layout", default="NTC", choices=["NTC", "NCT"])
     p.add_argument("--eager", action="store_true", help="run the eager modules, not the fused inference form")
+    p.add_argument("--upgrade", metavar="DIR", help="re-export a student checkpoint written by an older version")
     args = p.parse_args(argv)
+    if args.upgrade:
+        upgrade(args.upgrade)
+        print(f"{args.upgrade}: meta.json now holds the workspace's constructor arguments")
+        return {}
+    if not args.model or not args.npz:
+        p.error("--model and --npz are required (or --upgrade DIR)")
     if not Path(args.npz).is_file():
         raise FileNotFoundError(f"--npz {args.npz!r} does not exist")
     data = np.load(args.npz, allow_pickle=False)

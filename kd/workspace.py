@@ -61,6 +61,8 @@ class Workspace(nn.Module):
     def __init__(self, cfg, sources: Sequence[Tuple[str, int, int]], width: int, length: int):
         super().__init__()
         S, D = cfg.num_slots, width
+        # what rebuilds it from a checkpoint's meta.json: Workspace(cfg, **args)
+        self.args = {"sources": [[n, k, d] for n, k, d in sources], "width": width, "length": length}
         self.iters, self.names = cfg.iters, [s[0] for s in sources]
         self.slot_prior = nn.Parameter(torch.randn(1, S, D) * D ** -0.5)
         self.project = nn.ModuleDict({n: SourceProjector(k, d, length, D) for n, k, d in sources})

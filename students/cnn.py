@@ -29,6 +29,7 @@ class CNNStudent(nn.Module):
     # what distillation may read (kd/contract.py): forward as a student, `teach` as a teacher
     OUTPUTS = frozenset({"logits", "features"})
     TEACH_OUTPUTS = OUTPUTS | {"feature_tokens"}
+    num_actions = 0        # a CNN has no action decoder of its own
 
     def __init__(self, num_channels: int, num_classes: int, feature_dim: int):
         super().__init__()

@@ -22,6 +22,7 @@ class VQShapeStudent(VQShape):
     def __init__(self, cfg, num_channels: int, num_classes: int, num_actions: int = 0, action_hidden: int = 64,
                  freeze_shared: bool = True):
         super().__init__(cfg, num_channels, num_classes)
+        self.num_actions = num_actions          # the teacher's sub-action vocabulary (0: a signal-only teacher)
         self.action_decoder = MLP(cfg.dim_code, num_actions, action_hidden) if num_actions else None
         self.freeze_shared = freeze_shared      # False: a no-teacher baseline learns its own codebook
         if freeze_shared:
@@ -42,13 +43,11 @@ class VQShapeStudent(VQShape):
                  for k in SHARED if getattr(self.cfg, k) != getattr(teacher.cfg, k)]
         if self.num_channels != teacher.num_channels:
             diffs.append(f"channels: data has {self.num_channels}, teacher was trained on {teacher.num_channels}")
-        t_act = getattr(teacher, "action_decoder", None)
-        if (self.action_decoder is None) != (t_act is None):
-            diffs.append("action decoder: the teacher " + ("has" if t_act is not None else "has no") +
-                         " text guidance but the student was built " + ("without" if t_act is not None else "with") + " one")
-        elif t_act is not None and t_act[-1].out_features != self.action_decoder[-1].out_features:
-            diffs.append(f"sub-action vocabulary: teacher M={t_act[-1].out_features}, "
-                         f"student M={self.action_decoder[-1].out_features}")
+        if bool(self.num_actions) != bool(teacher.num_actions):
+            diffs.append("action decoder: the teacher " + ("has" if teacher.num_actions else "has no") +
+                         " text guidance but the student was built " + ("without" if teacher.num_actions else "with") + " one")
+        elif self.num_actions != teacher.num_actions:
+            diffs.append(f"sub-action vocabulary: teacher M={teacher.num_actions}, student M={self.num_actions}")
         if diffs:
             raise ValueError("vqshape_student does not fit the teacher checkpoint: " + "; ".join(diffs))
 

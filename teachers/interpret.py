@@ -158,7 +158,7 @@ def write_teacher_artifacts(teacher, splits, out_dir: Path, bank=None) -> Dict:
     shape_gallery(teacher, counts, out_dir / "shapes.png")
     token_windows(teacher, splits.test, splits.class_names, out_dir / "token_windows.png")
     files = ["shapes.png", "token_windows.png", "code_usage.json"]
-    if getattr(teacher, "action_decoder", None) is not None:
+    if teacher.num_actions:
         texts = list(bank.vocab_texts) if bank is not None else [str(i) for i in range(teacher.M)]
         action_matrix(teacher, counts, texts, out_dir / "code_actions.png")
         files.append("code_actions.png")

@@ -112,6 +112,10 @@ class MMVQShape(VQShape):
     def M(self) -> int:
         return self.vocab_emb.shape[0]
 
+    @property
+    def num_actions(self) -> int:
+        return self.M
+
     # -- keys ---------------------------------------------------------------------------
     def keys_for(self, y: Optional[torch.Tensor], keys: str, batch: int):
         """-> key ids (B, Kp), key mask (B, Kp), class_mode (B,).

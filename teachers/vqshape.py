@@ -378,6 +378,7 @@ class VQShape(nn.Module):
     min_len = 1 / 64
     # what `teach` gives distillation (kd/contract.py; a test compares it with the real outputs)
     TEACH_OUTPUTS = frozenset({"logits", "attr", "code_dist", "code_idx", "shape_tokens", "features"})
+    num_actions = 0        # size of the sub-action vocabulary its tokens are scored on (0: no action branch)
 
     def __init__(self, cfg, num_channels: int, num_classes: int):
         super().__init__()

@@ -81,6 +81,18 @@ def test_exported_student_predicts_without_the_teacher(tmp_path, text_cache):
     torch.testing.assert_close(logits, Predictor(run_dir / "student", fused=False).logits(x), atol=1e-5, rtol=0)
     names = {type(m).__name__ for m in predictor.modules()}
     assert "MMVQShape" not in names and {"Workspace", "PriorReadout"} <= names
+    # A checkpoint from before meta.json held the workspace's constructor arguments: a clear error
+    # naming the re-export command, which restores the same predictions.
+    from kd.checkpoint import CheckpointError
+    from kd.predict import upgrade
+    meta_file = run_dir / "student" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    ws = meta.pop("workspace")
+    meta_file.write_text(json.dumps({**meta, "workspace_sources": ws["sources"]}))
+    with pytest.raises(CheckpointError, match="python -m kd.predict --upgrade"):
+        Predictor(run_dir / "student")
+    assert upgrade(run_dir / "student")["workspace"] == ws
+    torch.testing.assert_close(Predictor(run_dir / "student").logits(x), logits, atol=0, rtol=0)
 
 
 def test_cpu_threads_split_between_local_processes(monkeypatch):
@@ -121,7 +133,7 @@ def test_several_teachers_as_knowledge_sources(tmp_path, text_cache):
     after = load_file(str(ckpt / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     meta = json.loads((run_dir / "student" / "meta.json").read_text())
-    assert [s[0] for s in meta["workspace_sources"]] == ["shape", "action", "wrn"]
+    assert [s[0] for s in meta["workspace"]["sources"]] == ["shape", "action", "wrn"]
 
 
 def test_extra_teacher_errors_name_the_fix(tmp_path, text_cache):
