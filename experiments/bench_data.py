@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_size(n: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     import torch
     import torch.nn.functional as F
     from kd.config import load_config
@@ -52,7 +51,7 @@ def one_size(n: int) -> dict:
 
 def text_once() -> dict:
     """Two tiny synthetic runs sharing a fresh cache dir: how often was the text model loaded?"""
-    code = ("import sys, json; sys.path.insert(0, %r)\n"
+    code = ("import sys, json\n"
             "import kd.text.encoder as E\n"
             "calls = {'load': 0, 'embed': 0}\n"
             "orig_load, orig_embed = E.TextEncoder._load, E.TextEncoder._embed\n"
@@ -61,7 +60,7 @@ def text_once() -> dict:
             "E.TextEncoder._load, E.TextEncoder._embed = load, embed\n"
             "import distill\n"
             "distill.main(sys.argv[1:])\n"
-            "print('CALLS', json.dumps(calls))\n") % str(ROOT)
+            "print('CALLS', json.dumps(calls))\n")   # cwd=ROOT: `python -c` imports from there
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in ("first", "second"):
