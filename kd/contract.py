@@ -72,8 +72,9 @@ def describe_teacher(teacher_cfg) -> str:
 
 
 def check_pairing(cfg) -> None:
-    """Every kd source and enabled KD loss against what the configured teacher(s) and student give."""
-    if cfg.teacher.arch == "none":
+    """Every kd source and enabled KD loss against what the configured teacher(s) and student give.
+    A teacher-only run (stage=teacher) distils nothing, so its kd settings are not held to its teacher."""
+    if cfg.teacher.arch == "none" or cfg.stage == "teacher":
         return
     t_keys = set(teacher_outputs(cfg.teacher))
     s_keys = student_outputs(cfg.student.arch, t_keys)

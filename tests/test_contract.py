@@ -62,6 +62,7 @@ def test_pairing_mistakes_fail_at_config_load_naming_the_fix(text_cache):
     with pytest.raises(ConfigError, match=r"kd.attr needs 'attr' from the teacher \(teacher.arch=wrn16_3\)"):
         load_config("configs/wrn16_3_wrn16_1.yaml", ["kd.attr.weight=1.0", "kd.attr.source=teacher"])
     load_config("configs/wrn16_3_wrn16_1.yaml", ["kd.sp.weight=1.0", "kd.sp.source=teacher"])   # features: fine
+    load_config("configs/default.yaml", ["teacher.text_guidance=false", "stage=teacher"])   # nothing distilled
 
 
 def test_check_outputs_names_loss_key_and_side():

@@ -81,7 +81,7 @@ def short_teacher_training(overrides, steps=300, seed=0):
     vq = ("dim=32,enc_layers=1,enc_heads=4,tok_layers=1,tok_heads=4,dec_layers=1,dec_heads=4,num_token=8,"
           "num_code=64,len_s=32,head_hidden=32")
     cfg = load_config("configs/default.yaml", ["data.name=synthetic", "data.synthetic.num_windows=200", "data.synthetic.num_subjects=5",
-                             "data.length=128", "teacher.text_guidance=false",
+                             "data.length=128", "teacher.text_guidance=false", "stage=teacher",
                              *[f"teacher.vqshape.{kv}" for kv in vq.split(",")], *overrides])
     splits = build_splits(cfg.data)
     torch.manual_seed(seed)
