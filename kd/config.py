@@ -143,6 +143,8 @@ class VQShapeConfig:
     # no positions, so a token's code has to carry which patch it owes, which a code read off the
     # subsequence cannot. "spans": the mean of the tokens whose spans cover patch i's centre (soft
     # edges) plus a learned embedding of patch i, so reconstruction is routed by where the spans are.
+    # "span_overlap": the same, each token weighted by the fraction of patch i its span covers (with
+    # "spans" a span can shrink to the patch centre it owns, leaving most of the window under no span).
     decoder_input: str = "tokens"
     # "tiling": each token slot's (t, l) logits get a learned offset that starts the N spans as a tiling
     # of the window (slot i on [i/N, i/N + 2/N]); "none" (official): every slot starts near t = 0.5,
@@ -182,6 +184,12 @@ class FusionConfig:
     align_emission: str = "scaled"
     sub_detach: bool = False        # the scores read detached tokens: L_sub trains the projections only
     align_prior_momentum: float = 0.99
+    # What the sub-action scores read. "token": the tokenizer output h (P_h is linear). "code": what the
+    # subsequence under the token's span looks like -- its code z_e with its mean and std (mu, sigma),
+    # through an MLP. With code_input=subsequence, h is not tied to the span (the code is read off the
+    # subsequence, not off h), so scores on h cannot tell the sub-actions of one window apart
+    # (experiments/subactions.md, section on the healthy teacher).
+    sub_input: str = "token"
 
 
 @dataclass
@@ -320,6 +328,7 @@ CHOICES = {
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
     "teacher.fusion.align_emission": ("scaled", "posterior"),
+    "teacher.fusion.sub_input": ("token", "code"),
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
@@ -333,7 +342,7 @@ VQSHAPE_CHOICES = {
     "codebook_init": ("uniform", "data"),
     "code_input": ("token", "subsequence"),
     "head_input": ("attributes", "tokens"),
-    "decoder_input": ("tokens", "spans"),
+    "decoder_input": ("tokens", "spans", "span_overlap"),
     "span_init": ("none", "tiling"),
 }
 CHOICES.update({f"{side}.vqshape.{k}": v for side in ("teacher", "student") for k, v in VQSHAPE_CHOICES.items()})

@@ -88,7 +88,8 @@ class MMVQShape(VQShape):
         self.label_head = MLP(K * d, Dt, d)
         self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
         if self.aligned:
-            self.sub_tok = nn.Linear(d, fusion.sub_dim)                       # P_h
+            self.sub_tok = nn.Linear(d, fusion.sub_dim) if fusion.sub_input == "token" \
+                else MLP(cfg.dim_code + 2, fusion.sub_dim, d)                 # P_h
             self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
             self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
             self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
@@ -173,13 +174,14 @@ class MMVQShape(VQShape):
         out = super().forward(x, y, keys, reconstruct)
         out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
         if self.aligned:
-            h = out["h"].detach() if self.fusion.sub_detach else out["h"]
-            out["sub_scores"] = self.sub_scores(h)                          # (B*C, N, M)
+            h = out["h"] if self.fusion.sub_input == "token" else torch.cat([out["z_e"], out["mu"], out["sigma"]], -1)
+            out["sub_scores"] = self.sub_scores(h.detach() if self.fusion.sub_detach else h)   # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
 
     def sub_scores(self, h: torch.Tensor) -> torch.Tensor:
-        """Label-free sub-action scores of every token over the whole vocabulary (B', N, M)."""
+        """Label-free sub-action scores of every token over the whole vocabulary (B', N, M); h: what
+        the scores read (fusion.sub_input)."""
         tok = F.normalize(self.sub_tok(h), dim=-1)
         txt = F.normalize(self.sub_txt(self.vocab_emb), dim=-1)
         return tok @ txt.t() / self.fusion.sub_temperature

@@ -75,6 +75,18 @@ def span_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tens
     return w / w.sum(-1, keepdim=True).clamp(min=1.0)
 
 
+def span_overlap_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tensor:
+    """t, l (B', N, 1) -> a (B', num_patch, N): a[i, j] = o_ij / max(sum_j o_ij, 1), where o_ij is the
+    fraction of patch i, [i / P, (i + 1) / P], that token j's span covers. Unlike `span_weights`, which
+    looks only at patch centres (so a span may shrink to the centres it owns and leave the rest of the
+    window under no span), a span that shrinks off part of its patch loses that share of it."""
+    edges = torch.arange(num_patch + 1, device=t.device, dtype=t.dtype) / num_patch
+    lo, hi = edges[:-1, None], edges[1:, None]                                        # (P, 1)
+    t_, end = t.transpose(1, 2), (t + l).clamp(max=1).transpose(1, 2)                 # (B', 1, N)
+    o = (torch.minimum(end, hi) - torch.maximum(t_, lo)).clamp(min=0) * num_patch     # (B', P, N)
+    return o / o.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def tiling_logits(n: int, min_len: float) -> torch.Tensor:
     """(n, 2) logits of (t, l) that put slot i on [i/n, i/n + 2/n] through the heads' parameterisation
     t = sigmoid(a) (1 - min_len), l = sigmoid(b) (1 - t) + min_len (spans overlap by half)."""
@@ -404,10 +416,11 @@ class VQShape(nn.Module):
         self.attr_encoder = nn.Linear(cfg.dim_code + 4, d)
         self.patch_decoder = Encoder(d, cfg.dec_heads, cfg.dec_layers, cfg.dropout)
         self.dec_cls = nn.Parameter(torch.randn(1, 1, d) / d) if cfg.decoder_cls_token else None
-        if cfg.decoder_input not in ("tokens", "spans"):
-            raise ValueError(f"decoder_input must be 'tokens' or 'spans', got {cfg.decoder_input!r}")
+        if cfg.decoder_input not in ("tokens", "spans", "span_overlap"):
+            raise ValueError(f"decoder_input must be 'tokens', 'spans' or 'span_overlap', got {cfg.decoder_input!r}")
         self.dec_pos = nn.Parameter(torch.randn(1, cfg.num_token, d) * cfg.pos_init_std) \
-            if cfg.decoder_input == "spans" else None
+            if cfg.decoder_input != "tokens" else None
+        self.route = {"spans": span_weights, "span_overlap": span_overlap_weights}.get(cfg.decoder_input)
         self.patch_out = nn.Linear(d, cfg.len_input // cfg.num_token)
         if cfg.head_input not in ("attributes", "tokens"):
             raise ValueError(f"head_input must be 'attributes' or 'tokens', got {cfg.head_input!r}")
@@ -475,7 +488,7 @@ class VQShape(nn.Module):
         s = shape * out["sigma"] + out["mu"]
         h = out["h_hat"]
         if self.dec_pos is not None:  # patch i reads the tokens covering it, and knows it is patch i
-            h = span_weights(out["t"], out["l"], h.shape[1]) @ h + self.dec_pos
+            h = self.route(out["t"], out["l"], h.shape[1]) @ h + self.dec_pos
         if self.dec_cls is not None:  # the official patch decoder reads [cls, tokens] and drops cls
             h = torch.cat([self.dec_cls.expand(len(h), -1, -1), h], dim=1)
         x_hat = self.patch_out(self.patch_decoder(h)[:, -out["h_hat"].shape[1]:]).flatten(1)  # (B', T)

@@ -495,6 +495,23 @@ def test_span_weights_follow_the_spans():
     assert t.grad[0, 0, 0] != 0                            # spans learn from where they cover
 
 
+def test_span_overlap_weights_are_the_covered_fraction_of_each_patch():
+    from teachers.vqshape import span_overlap_weights
+    t = torch.tensor([[[0.0], [0.5625]]])                  # token 0 on [0, .5], token 1 on [.5625, .75]
+    l = torch.tensor([[[0.5], [0.1875]]])
+    a = span_overlap_weights(t, l, 8)[0]                   # patches [i/8, (i+1)/8]
+    expect = torch.tensor([[1.0, 0.0]] * 4 + [[0.0, 0.5], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    assert torch.allclose(a, expect, atol=1e-6)            # patch 4 half covered: half the token
+    both = span_overlap_weights(torch.tensor([[[0.0], [0.0]]]), torch.tensor([[[1.0], [1.0]]]), 4)[0]
+    assert torch.allclose(both, torch.full((4, 2), 0.5))   # two spans over a patch: their mean
+    l.requires_grad_(True)
+    span_overlap_weights(t, l, 8)[0, 4, 1].backward()
+    assert l.grad[0, 1, 0] == 0 and t.grad is None         # token 1 starts inside patch 4: its length does not matter
+    t.requires_grad_(True)
+    span_overlap_weights(t, l, 8)[0, 4, 1].backward()
+    assert t.grad[0, 1, 0] < 0                             # moving its start left covers more of patch 4
+
+
 def test_tiling_span_init_starts_the_slots_side_by_side():
     """span_init=tiling: with the t/l head's output at zero, slot i sits on [i/N, i/N + 2/N] (clamped to the
     head's range); the offsets are learned parameters. span_init=none keeps the official heads."""
