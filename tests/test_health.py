@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from teachers.health import (collapse_reasons, distinct_shapes, pooled_r2, r2_rows, slot_std, span_coverage,
-                             usage_perplexity)
+from teachers.health import (collapse_reasons, distinct_shapes, pooled_r2, r2_rows, short_teacher_training, slot_std,
+                             span_coverage, usage_perplexity)
 
 
 def test_identical_shapes_are_one_cluster_whatever_their_scale_and_offset():
@@ -69,40 +69,6 @@ def test_collapse_reasons_name_every_figure_under_its_limit():
 
 
 # ----------------------------------------------------------------------------- a short training
-def short_teacher_training(overrides, steps=300, seed=0):
-    """A small signal-only VQShape trained on generated windows (resampled to 128 steps) with the
-    teacher's own loop terms; -> its health report on the held-out subjects."""
-    from kd.config import load_config
-    from kd.data import build_splits
-    from kd.distiller import OwnLossTask
-    from kd.engine import warmup_cosine
-    from teachers import build_teacher
-    from teachers.health import health_report
-    vq = ("dim=32,enc_layers=1,enc_heads=4,tok_layers=1,tok_heads=4,dec_layers=1,dec_heads=4,num_token=8,"
-          "num_code=64,len_s=32,head_hidden=32")
-    cfg = load_config("configs/default.yaml", ["data.name=synthetic", "data.synthetic.num_windows=200", "data.synthetic.num_subjects=5",
-                             "data.length=128", "teacher.text_guidance=false", "stage=teacher",
-                             *[f"teacher.vqshape.{kv}" for kv in vq.split(",")], *overrides])
-    splits = build_splits(cfg.data)
-    torch.manual_seed(seed)
-    model = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), None)
-    task = OwnLossTask(model)
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.01)
-    sched = warmup_cosine(opt, 20, steps, 0.05)
-    x = torch.stack([splits.train[i]["x"] for i in range(len(splits.train))])
-    y = torch.stack([splits.train[i]["y"] for i in range(len(splits.train))])
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (16,), generator=g)
-        loss = sum(task({"x": x[idx], "y": y[idx]})[0].values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    return health_report(model, splits.test)
-
-
 # The default teacher of configs/default.yaml, made small; and two earlier teachers for the negative
 # controls: codes from a head on the token (the official model; the default until section 4 of
 # experiments/teacher_health.md), and the teacher before the health work.
