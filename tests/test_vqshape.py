@@ -315,6 +315,13 @@ def test_alignment_scores_get_gradient_but_targets_do_not():
                   2, 3, **text_tensors())
     d.losses(d(x, keys="vocab"), y)["sub"].backward()
     assert d.sub_tok.weight.grad.abs().sum() > 0 and d.encoder.proj.weight.grad is None   # scores only
+    # sub_input=code: the scores read the span's code, mean and std, so L_sub trains the code encoder
+    # (text reaches the shape codes) and never the tokenizer, which the codes do not read
+    c = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence"),
+                  FusionConfig(action_target="ordered", align_warmup_steps=0, sub_input="code"), 2, 3, **text_tensors())
+    c.losses(c(x, keys="vocab"), y)["sub"].backward()
+    assert c.sub_tok[0].weight.grad.abs().sum() > 0 and c.attr.code_encoder[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in [*c.encoder.parameters(), *c.tokenizer.parameters()])
 
 
 def test_mmvqshape_rejects_class_without_text():
