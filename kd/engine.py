@@ -17,7 +17,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -140,6 +140,9 @@ class StageSpec:
     # "best_val": at the end the task holds the weights of the epoch with the best validation macro-F1
     # (the earliest on a tie); "last": the last epoch's. A stage without a validation split keeps the last.
     select: str = "best_val"
+    # scalars written once at step 0 next to the stage's curves (a student's: each teacher's validation
+    # macro-F1, so the KD terms and coefficients can be read against how good each source is)
+    constants: Dict[str, float] = field(default_factory=dict)
 
 
 class TeacherCache:
@@ -242,6 +245,9 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
         best.restore(progress.get("best"))
         accel.print(f"[{spec.name}] resumed after epoch {progress['epoch']} (step {step})")
     writer = SummaryWriter(str(run_dir / "tb" / spec.name)) if accel.is_main_process else None
+    for tag, value in spec.constants.items():
+        if writer is not None:
+            writer.add_scalar(tag, value, 0)
     t0, skipped, val, meter = time.time(), 0, {}, Meter()
     # A live bar on a terminal; in a log file (not a TTY) one line per epoch instead of carriage returns.
     tty = sys.stderr.isatty()

@@ -266,7 +266,8 @@ def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,
         source = TeacherCache(group, splits.train, cfg.data.eval_batch_size)
         accel.print(f"[student] teacher outputs of {len(splits.train)} training windows cached "
                     f"({source.nbytes / 2**20:.0f} MiB, {time.time() - t0:.0f} s)")
-    spec = StageSpec("student", cfg.train.epochs, cfg.train.lr, teacher=source, select=cfg.train.select)
+    spec = StageSpec("student", cfg.train.epochs, cfg.train.lr, teacher=source, select=cfg.train.select,
+                     constants=teacher_val_scores(accel, cfg, splits, {"main": teacher, **(extras or {})}))
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
     if accel.is_main_process:
@@ -274,6 +275,16 @@ def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,
                    student_meta(cfg, splits, distiller.student, distiller.workspace, t_meta, "student"))
     accel.wait_for_everyone()
     return distiller, summary
+
+
+def teacher_val_scores(accel, cfg, splits, teachers: Dict[str, nn.Module]) -> Dict[str, float]:
+    """{'teacher/<name>/val_macro_f1': ...} of every teacher on the validation subjects (never the test)."""
+    if not len(splits.val):
+        return {}
+    loader = accel.prepare(eval_loader(splits.val, cfg.data.eval_batch_size))
+    return {f"teacher/{name}/val_macro_f1": evaluate(accel, lambda b, t=t: t.predict(b["x"]), loader,
+                                                     splits.class_names)["macro_f1"]
+            for name, t in teachers.items()}
 
 
 def train_baseline(cfg, splits, run_dir: Path) -> Tuple[nn.Module, Dict]:

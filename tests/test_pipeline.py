@@ -128,7 +128,8 @@ def test_several_teachers_as_knowledge_sources(tmp_path, text_cache):
     run_dir, results = run(Path("configs/synthetic_smoke.yaml"), tmp_path, text_cache, sources,
                            f"kd.extra_teachers=[{{name: wrn, checkpoint: {ckpt}}}]", "kd.workspace.prior_prob=0.0",
                            "train.baseline=false")
-    assert {"train/coef_shape", "train/coef_action", "train/coef_wrn", "train/dist_wrn"} <= scalar_tags(run_dir, "student")
+    assert {"train/coef_shape", "train/coef_action", "train/coef_wrn", "train/dist_wrn",
+            "teacher/main/val_macro_f1", "teacher/wrn/val_macro_f1"} <= scalar_tags(run_dir, "student")
     assert 0.0 <= results["extra_teachers"]["wrn"]["accuracy"] <= 1.0
     after = load_file(str(ckpt / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
