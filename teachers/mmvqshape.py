@@ -230,12 +230,11 @@ class MMVQShape(VQShape):
         """Quantise the text-query tokens to the action codebook and predict the label embedding."""
         a = self.action_attr(out["text_tokens"])                            # (B, Kp, d)
         mask = out["key_mask"]
-        a_q_valid, a_idx, vq, _ = self.action_codebook(a[mask])             # valid keys only
+        a_q_valid, _, vq, _ = self.action_codebook(a[mask])                 # valid keys only
         a_q = torch.zeros_like(a).masked_scatter(mask[..., None], a_q_valid)
         K = self.class_index.shape[1]
         pred = self.label_head(a_q[:, :K].flatten(1))                       # (B, Dt); class-mode rows meaningful
-        idx = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device).masked_scatter(mask, a_idx)
-        return {"action_tokens": a_q, "action_idx": idx, "vq_action": vq, "label_pred": pred}
+        return {"action_tokens": a_q, "vq_action": vq, "label_pred": pred}
 
     # -- losses -------------------------------------------------------------------------
     def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:
