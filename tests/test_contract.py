@@ -5,7 +5,7 @@ import torch
 
 from conftest import TINY
 from kd.config import ConfigError, load_config
-from kd.contract import TOKEN_OUTPUTS, check_outputs, student_outputs, teacher_outputs
+from kd.contract import MEANINGS, TOKEN_OUTPUTS, check_outputs, student_outputs, teacher_outputs
 from kd.losses import LOSSES
 
 # every output key a KD loss can ask of either side, or a knowledge source of the teacher
@@ -46,6 +46,7 @@ def test_declared_outputs_are_the_real_ones(t_arch, text, s_arch, text_cache):
         t_real = set(teacher.teach(batch["x"], batch["y"]))
         distiller = build_distiller(cfg, splits, teacher).eval()
         s_real = set(distiller.student_forward(batch["x"], None)[0])
+    assert set(t_keys) | set(s_keys) <= set(MEANINGS)                     # every declared key has one meaning
     assert t_keys <= t_real and t_real & TEACHER_KEYS == set(t_keys) & TEACHER_KEYS
     # the student reaches attr / code_dist through the adapter only when a token loss is on: here one is
     assert s_keys <= s_real and s_real & LOSS_KEYS == set(s_keys) & LOSS_KEYS
