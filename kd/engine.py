@@ -245,8 +245,8 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
         best.restore(progress.get("best"))
         accel.print(f"[{spec.name}] resumed after epoch {progress['epoch']} (step {step})")
     writer = SummaryWriter(str(run_dir / "tb" / spec.name)) if accel.is_main_process else None
-    for tag, value in spec.constants.items():
-        if writer is not None:
+    if writer is not None:
+        for tag, value in spec.constants.items():
             writer.add_scalar(tag, value, 0)
     t0, skipped, val, meter = time.time(), 0, {}, Meter()
     # A live bar on a terminal; in a log file (not a TTY) one line per epoch instead of carriage returns.
