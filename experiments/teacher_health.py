@@ -38,6 +38,8 @@ VARIANTS = {
     # a head over the (detached) tokenizer outputs instead of the attribute numbers
     "tokhead": ["teacher.vqshape.head_input=tokens"],
     "tokhead-signal": ["teacher.vqshape.head_input=tokens", "teacher.text_guidance=false"],
+    # output patches read every token whose span overlaps them, weighted by the overlap (section 5)
+    "span_overlap": ["teacher.vqshape.decoder_input=span_overlap"],
 }
 KEYS = ("distinct_shapes", "codes_used", "perplexity", "span_coverage", "span_t_std", "span_l_std",
         "shape_fit_r2", "recon_r2")
