@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kd.evaluate import load_run_teacher
 from kd.pipeline import recovery_scorer
-from kd.recovery import alignment_report, teacher_tokens
+from kd.recovery import alignment_report, teacher_tokens, teacher_viterbi_tokens
 from teachers.interpret import write_teacher_artifacts
 
 
@@ -40,6 +40,7 @@ def main(argv=None):
         report["subaction_recovery"] = score(teacher_tokens(teacher))
         if aligned:
             report["subaction_recovery_scores"] = score(teacher_tokens(teacher, "sub_scores"))
+            report["subaction_recovery_viterbi"] = score(teacher_viterbi_tokens(teacher))
     print(json.dumps(report, indent=2))
     return report
 

@@ -180,8 +180,14 @@ class FusionConfig:
     # Emissions of the E-step: "scaled" = log softmax(scores) - log prior (hybrid HMM: a likelihood up
     # to a per-token constant; the prior is an EMA of the mean softmax over training tokens), so a
     # sub-action shared by many classes cannot absorb every token; "posterior" = log softmax(scores),
-    # which collapses onto the most shared sub-action (experiments/subactions.md).
+    # which collapses onto the most shared sub-action (experiments/subactions.md); "codes" = a table
+    # log p(shape code | sub-action, channel) learned by online EM from the E-step's own posteriors
+    # (teachers/alignment.py CodeEmissions), the chain running once per window over N time bins that
+    # pool every channel's tokens: the scores and the action decoder are then trained on its targets
+    # but do not produce them, so they cannot reinforce their own guess.
     align_emission: str = "scaled"
+    align_code_decay: float = 0.98      # "codes": counts are multiplied by this every training step
+    align_code_smoothing: float = 0.1   # "codes": added to every count before normalising over codes
     sub_detach: bool = False        # the scores read detached tokens: L_sub trains the projections only
     align_prior_momentum: float = 0.99
     # What the sub-action scores read. "token": the tokenizer output h (P_h is linear). "code": what the
@@ -327,7 +333,7 @@ CHOICES = {
     "teacher.fusion.vocab_mix": ("sample", "batch"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
-    "teacher.fusion.align_emission": ("scaled", "posterior"),
+    "teacher.fusion.align_emission": ("scaled", "posterior", "codes"),
     "teacher.fusion.sub_input": ("token", "code"),
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
@@ -421,6 +427,12 @@ def validate_config(cfg: DictConfig) -> None:
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
     if not 0.0 <= cfg.kd.alpha <= 1.0:
         raise ConfigError(f"kd.alpha={cfg.kd.alpha} must lie in [0, 1]")
+    f = cfg.teacher.fusion
+    for key, ok, rule in (("align_p_stay", 0.0 < f.align_p_stay < 1.0, "lie in (0, 1)"),
+                          ("align_code_decay", 0.0 <= f.align_code_decay < 1.0, "lie in [0, 1)"),
+                          ("align_code_smoothing", f.align_code_smoothing > 0, "be > 0")):
+        if not ok:
+            raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
     names = [s.name for s in cfg.kd.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"kd.sources names must be unique, got {names}")

@@ -424,10 +424,11 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     aligned = getattr(teacher, "aligned", False)
     score = recovery_scorer(cfg, splits, t_meta)
     if score is not None:
-        from kd.recovery import teacher_tokens
+        from kd.recovery import teacher_tokens, teacher_viterbi_tokens
         report["subaction_recovery"] = score(teacher_tokens(teacher))
         if aligned:
             report["subaction_recovery_scores"] = score(teacher_tokens(teacher, "sub_scores"))
+            report["subaction_recovery_viterbi"] = score(teacher_viterbi_tokens(teacher))
     if aligned:
         from kd.recovery import alignment_report
         report["alignment"] = alignment_report(teacher, splits.test)

@@ -33,7 +33,7 @@ def span_majority(gt: torch.Tensor, t: torch.Tensor, l: torch.Tensor, num_labels
     return (inside @ onehot).argmax(dim=-1)                                           # (B, G)
 
 
-TokenFn = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+TokenFn = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def step_predictions(pred: torch.Tensor, t: torch.Tensor, l: torch.Tensor, L: int) -> torch.Tensor:
@@ -49,11 +49,12 @@ def step_predictions(pred: torch.Tensor, t: torch.Tensor, l: torch.Tensor, L: in
 @torch.no_grad()
 def subaction_recovery(tokens: TokenFn, dataset, vocab_primitive: torch.Tensor, num_primitives: int,
                        batch_size: int = 64) -> Dict:
-    """tokens(x) -> (t, l (B, G, 1), action_logits (B, G, M)) of a window's G tokens."""
+    """tokens(x, y) -> (t, l (B, G, 1), action_logits (B, G, M)) of a window's G tokens (y: the true class,
+    which only a decoding given the class may read)."""
     hits, total, truth_counts = 0, 0, torch.zeros(num_primitives, dtype=torch.long)
     step_hits, steps, step_counts = 0, 0, torch.zeros(num_primitives, dtype=torch.long)
     for batch in DataLoader(dataset, batch_size=batch_size):
-        t, l, logits = tokens(batch["x"])
+        t, l, logits = tokens(batch["x"], batch["y"])
         t, l = t.float().cpu(), l.float().cpu()
         gt = batch["subaction"]                                                       # (B, L)
         truth = span_majority(gt, t, l, num_primitives)                               # (B, G)
@@ -74,7 +75,7 @@ def subaction_recovery(tokens: TokenFn, dataset, vocab_primitive: torch.Tensor, 
 def teacher_tokens(teacher, head: str = "action_logits") -> TokenFn:
     """The teacher without label text (whole vocabulary as keys); head: "action_logits" (the action
     decoder on the shape code) or "sub_scores" (the label-free token scores of ordered alignment)."""
-    def fn(x):
+    def fn(x, y):
         out = teacher(x, keys="vocab", reconstruct=False)
         B = x.shape[0]
         fold = lambda v: v.reshape(B, -1, v.shape[-1])  # noqa: E731
@@ -82,11 +83,16 @@ def teacher_tokens(teacher, head: str = "action_logits") -> TokenFn:
     return fn
 
 
-def class_loglik(teacher, out: Dict, y: torch.Tensor, p_stay: float) -> torch.Tensor:
-    """Alignment log-likelihood (B*C,) of every series under class y."""
-    from teachers.alignment import chain_posteriors, class_emissions
-    centre, ids, n_states = teacher.class_rows(out, y)
-    return chain_posteriors(class_emissions(teacher.emission_scores(out), centre, ids)[0], n_states, p_stay=p_stay)[1]
+def teacher_viterbi_tokens(teacher) -> TokenFn:
+    """The teacher's decoding *given the true class*: each token's state on the Viterbi path of its
+    class's ordered sub-actions (MMVQShape.decode_subactions), as one-hot logits. An interpretation of
+    labelled windows, not a label-free prediction."""
+    def fn(x, y):
+        dec = teacher.decode_subactions(x, y)
+        B = x.shape[0]
+        onehot = torch.nn.functional.one_hot(dec["viterbi"], teacher.M).float()
+        return dec["t"].reshape(B, -1, 1), dec["l"].reshape(B, -1, 1), onehot.reshape(B, -1, teacher.M)
+    return fn
 
 
 @torch.no_grad()
@@ -94,22 +100,18 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     """What ordered alignment learned, on held-out windows (no ground truth needed):
     `free_vs_viterbi` = share of tokens whose label-free sub-action (argmax of the scores over the
     whole vocabulary, no class given) is the state of the Viterbi path given the true class;
-    `likelihood_class_acc` = accuracy of naming a window's class by its best alignment likelihood
-    (summed over channels); `decoder_vocab_share` = share of the vocabulary that is the top
-    sub-action of some used shape code under the action decoder."""
-    from teachers.alignment import chain_viterbi, class_emissions
+    `likelihood_class_acc` = accuracy of naming a window's class by its best alignment likelihood;
+    `decoder_vocab_share` = share of the vocabulary that is the top sub-action of some used shape code
+    under the action decoder."""
     agree, tokens, right, windows, used = 0, 0, 0, 0, set()
-    n_cls, C, p = len(teacher.class_index), teacher.num_channels, teacher.fusion.align_p_stay
+    n_cls = len(teacher.class_index)
     for batch in DataLoader(dataset, batch_size=batch_size):
         x, y = batch["x"], batch["y"]
+        dec = teacher.decode_subactions(x, y)
+        agree += int((dec["viterbi"] == dec["free"]).sum())
+        tokens += dec["viterbi"].numel()
         out = teacher(x, keys="vocab", reconstruct=False)
-        centre, ids, n_states = teacher.class_rows(out, y)
-        emit, order = class_emissions(teacher.emission_scores(out), centre, ids)
-        path, _ = chain_viterbi(emit, n_states, p_stay=p)
-        viterbi = torch.empty_like(path).scatter_(1, order, ids.gather(1, path))   # vocabulary ids, token order
-        agree += int((viterbi == out["sub_scores"].argmax(-1)).sum())
-        tokens += viterbi.numel()
-        lik = torch.stack([class_loglik(teacher, out, torch.full_like(y, c), p).view(len(y), C).sum(1)
+        lik = torch.stack([teacher.window_loglik(teacher.chain(out, torch.full_like(y, c)), len(y))
                            for c in range(n_cls)], dim=1)                            # (B, n_cls)
         right += int((lik.argmax(1) == y).sum())
         windows += len(y)
@@ -121,7 +123,7 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
 
 def student_tokens(distiller) -> TokenFn:
     """A student's own tokens (VQShape student) or its adapter tokens (CNN), signal only."""
-    def fn(x):
+    def fn(x, y):
         s_out, _ = distiller.student_forward(x, None)
         return s_out["attr"]["t"], s_out["attr"]["l"], s_out["action_logits"]
     return fn

@@ -127,15 +127,79 @@ def to_vocabulary(state_probs: torch.Tensor, order: torch.Tensor, ids: torch.Ten
 
 
 @torch.no_grad()
+def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
+    """E-step posteriors (S, L, K) of S sequences: ordered = the cyclic chain's forward-backward; else the
+    emissions' softmax over each sequence's states (the set of its sub-actions, no order)."""
+    if ordered:
+        return chain_posteriors(emit, n_states, cyclic=True, p_stay=p_stay)[0]
+    valid = torch.arange(emit.shape[2], device=emit.device)[None, :] < n_states[:, None]
+    return emit.float().masked_fill(~valid[:, None, :], NEG).softmax(dim=-1)
+
+
+def tokens_to_vocabulary(state_probs: torch.Tensor, ids: torch.Tensor, M: int) -> torch.Tensor:
+    """Per-state probabilities (G, N, K) of tokens whose states are vocabulary entries ids (G, K) ->
+    vocabulary distributions (G, N, M); padding states must carry 0."""
+    voc = state_probs.new_zeros(*state_probs.shape[:2], M)
+    return voc.scatter_add_(2, ids[:, None, :].expand_as(state_probs), state_probs)
+
+
+@torch.no_grad()
 def alignment_targets(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Tensor, n_states: torch.Tensor,
                       ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
-    """The E-step: per-token targets over the vocabulary (S, N, M), without gradient. ordered: chain
-    posteriors of the class's cyclic sub-action order; else the scores' softmax restricted to the
-    class's entries (the set of its sub-actions, no order)."""
+    """The E-step on per-token scores: per-token targets over the vocabulary (S, N, M), without gradient.
+    ordered: chain posteriors of the class's cyclic sub-action order; else the scores' softmax restricted
+    to the class's entries (the set of its sub-actions, no order)."""
     emit, order = class_emissions(scores, centre, ids)
-    if ordered:
-        post, _ = chain_posteriors(emit, n_states, cyclic=True, p_stay=p_stay)
-    else:
-        valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < n_states[:, None]
-        post = emit.masked_fill(~valid[:, None, :], NEG).softmax(dim=-1)
+    post = state_posteriors(emit, n_states, ordered, p_stay)
     return to_vocabulary(post, order, ids, n_states, scores.shape[-1])
+
+
+# ----------------------------------------------------------------------------- emissions from shape codes
+def time_bins(centre: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Span centres in [0, 1] -> the index of the equal-width time bin each falls in (same shape, long)."""
+    return (centre.detach() * n_bins).floor().long().clamp(0, n_bins - 1)
+
+
+def pool_bins(token_emit: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """token_emit (S, G, K) log-emissions of G tokens, bins (S, G) -> (S, n_bins, K): a bin emits the sum
+    of its tokens' log-emissions (the tokens of one time bin, e.g. of all channels, are independent
+    observations of one state); an empty bin emits 0 (no evidence)."""
+    out = token_emit.new_zeros(token_emit.shape[0], n_bins, token_emit.shape[2])
+    return out.scatter_add_(1, bins[..., None].expand_as(token_emit), token_emit)
+
+
+class CodeEmissions(torch.nn.Module):
+    """The E-step's emissions as a generative table over the discrete shape codes: log p(code | sub-action,
+    channel), estimated by online EM. `update` adds the E-step's posterior of every token (its expected
+    count) to counts[channel, vocabulary entry, code] after decaying all counts by `decay` (the codebook
+    moves during training; old counts are forgotten); the table is the counts plus `smoothing`, normalised
+    over codes. Normalising over codes, not over sub-actions, is what keeps one sub-action from explaining
+    every token: a sub-action that emits every code gives each of them little probability. Tables are per
+    channel because one motion looks different on each axis (a rise on one channel is a fall on another)."""
+
+    def __init__(self, num_channels: int, num_entries: int, num_codes: int, decay: float, smoothing: float):
+        super().__init__()
+        if not 0.0 <= decay < 1.0 or smoothing <= 0:
+            raise ValueError(f"decay={decay} must lie in [0, 1) and smoothing={smoothing} be > 0")
+        self.decay, self.smoothing = decay, smoothing
+        self.register_buffer("counts", torch.zeros(num_channels, num_entries, num_codes))
+
+    def log_table(self) -> torch.Tensor:
+        c = self.counts + self.smoothing
+        return (c / c.sum(dim=-1, keepdim=True)).log()                       # (C, M, V)
+
+    def token_emissions(self, codes: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """codes (B, C, N) code index of every token, ids (B, K) vocabulary ids of each window's states ->
+        log p(code | state, channel) (B, C, N, K)."""
+        C = codes.shape[1]
+        ch = torch.arange(C, device=codes.device)[None, :, None, None]
+        return self.log_table()[ch, ids[:, None, None, :], codes[..., None]]
+
+    @torch.no_grad()
+    def update(self, codes: torch.Tensor, ids: torch.Tensor, post: torch.Tensor) -> None:
+        """M-step: codes (B, C, N), ids (B, K), post (B, C, N, K) state posteriors (0 at padding states)."""
+        C = codes.shape[1]
+        ch = torch.arange(C, device=codes.device)[None, :, None, None].expand_as(post)
+        self.counts.mul_(self.decay)
+        self.counts.index_put_((ch, ids[:, None, None, :].expand_as(post), codes[..., None].expand_as(post)),
+                               post.float(), accumulate=True)

@@ -19,13 +19,14 @@ vocabulary as keys.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.alignment import alignment_targets, chain_posteriors, chain_viterbi, class_emissions
+from teachers.alignment import (CodeEmissions, chain_posteriors, chain_viterbi, class_emissions, pool_bins,
+                                state_posteriors, time_bins, tokens_to_vocabulary)
 from kd.layers import MLP, Attention
 from teachers.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -58,6 +59,18 @@ def supcon_loss(sig: torch.Tensor, txt: torch.Tensor, y: torch.Tensor, valid: to
 
     loss = one_way(logits, pos, cols) + one_way(logits.t(), pos.t(), cols)
     return masked_mean(loss / 2, valid)
+
+
+class Chain(NamedTuple):
+    """Sequences of the E-step: emissions (S, L, K) of S sequences over L ordered positions; ids (S, K) the
+    vocabulary id of each state, n_states (S,); for every token (B*C, N) its sequence `row` (B*C,) and
+    position `pos` (B*C, N); `window` (S,) the window of each sequence."""
+    emit: torch.Tensor
+    ids: torch.Tensor
+    n_states: torch.Tensor
+    row: torch.Tensor
+    pos: torch.Tensor
+    window: torch.Tensor
 
 
 class MMVQShape(VQShape):
@@ -93,6 +106,9 @@ class MMVQShape(VQShape):
             self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
             self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
             self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
+        self.code_emit = CodeEmissions(num_channels, M, cfg.num_code, fusion.align_code_decay,
+                                       fusion.align_code_smoothing) \
+            if self.aligned and fusion.align_emission == "codes" else None
 
     @staticmethod
     def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:
@@ -202,29 +218,59 @@ class MMVQShape(VQShape):
         return s
 
     @torch.no_grad()
+    def chain(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> "Chain":
+        """The sequences the E-step and decoding run on. Emissions from the scores: one sequence per
+        series (B*C), its tokens ordered by span centre. Emissions from the codes (align_emission=codes):
+        one sequence per window (B) over N equal time bins; a bin emits the summed log p(code | state,
+        channel) of every token (of every channel) whose span centre falls in it."""
+        B, C = len(y), self.num_channels
+        if self.code_emit is None:
+            centre, ids, n_states = self.class_rows(out, y)
+            emit, order = class_emissions(self.emission_scores(out), centre, ids)
+            rows = torch.arange(B * C, device=y.device)
+            return Chain(emit, ids, n_states, rows, order.argsort(dim=1), rows // C)
+        codes = out["code_idx"].view(B, C, -1)
+        N = codes.shape[-1]
+        bins = time_bins((out["t"] + out["l"] / 2).view(B, C * N), N)         # (B, C*N)
+        ids = self.class_index[y]
+        tok = self.code_emit.token_emissions(codes, ids).flatten(1, 2)        # (B, C*N, K)
+        rows = torch.arange(B, device=y.device)
+        return Chain(pool_bins(tok, bins, N), ids, self.class_mask[y].sum(dim=1), rows.repeat_interleave(C),
+                     bins.view(B * C, N), rows)
+
+    @torch.no_grad()
     def update_prior(self, out: Dict[str, torch.Tensor]) -> None:
         m = self.fusion.align_prior_momentum
         self.sub_prior.mul_(m).add_((1 - m) * out["sub_scores"].detach().float().softmax(-1).mean(dim=(0, 1)))
 
+    @torch.no_grad()
     def alignment_targets(self, out: Dict[str, torch.Tensor], y: torch.Tensor, ordered: bool) -> torch.Tensor:
-        """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set)."""
-        centre, ids, n_states = self.class_rows(out, y)
-        return alignment_targets(self.emission_scores(out), centre, ids, n_states, ordered, self.fusion.align_p_stay)
+        """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set). In
+        training with emissions from the codes, the posteriors also update the code table (the M-step)."""
+        c = self.chain(out, y)
+        post = state_posteriors(c.emit, c.n_states, ordered, self.fusion.align_p_stay)
+        tok = post[c.row[:, None], c.pos]                                     # (B*C, N, K)
+        if self.training and self.code_emit is not None:
+            self.code_emit.update(out["code_idx"].view(len(y), self.num_channels, -1), c.ids,
+                                  tok.view(len(y), self.num_channels, *tok.shape[1:]))
+        return tokens_to_vocabulary(tok, c.ids[c.row], self.M)
 
     @torch.no_grad()
     def decode_subactions(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Held-out decoding, tokens in their own order (B*C, N): `viterbi` = the vocabulary id of each
         token on the best ordered path given class y; `free` = argmax of its label-free scores;
-        `loglik` (B*C,) = the window-channel's alignment log-likelihood under class y."""
+        `loglik` (B,) = each window's alignment log-likelihood under class y (summed over its sequences)."""
         out = self(x, keys="vocab", reconstruct=False)
-        centre, ids, n_states = self.class_rows(out, y)
-        emit, order = class_emissions(self.emission_scores(out), centre, ids)
-        path, _ = chain_viterbi(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
-        _, loglik = chain_posteriors(emit, n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
-        voc_sorted = ids.gather(1, path)                                     # (B*C, N) in span-centre order
-        viterbi = torch.empty_like(voc_sorted).scatter_(1, order, voc_sorted)
-        return {"viterbi": viterbi, "free": out["sub_scores"].argmax(-1), "loglik": loglik,
-                "t": out["t"], "l": out["l"]}
+        c = self.chain(out, y)
+        path, _ = chain_viterbi(c.emit, c.n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
+        voc = c.ids.gather(1, path)                                           # (S, L) vocabulary ids
+        return {"viterbi": voc[c.row[:, None], c.pos], "free": out["sub_scores"].argmax(-1),
+                "loglik": self.window_loglik(c, len(y)), "t": out["t"], "l": out["l"]}
+
+    def window_loglik(self, c: "Chain", batch: int) -> torch.Tensor:
+        """(B,) each window's alignment log-likelihood under the class its chain was built for."""
+        _, loglik = chain_posteriors(c.emit, c.n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
+        return loglik.new_zeros(batch).index_add_(0, c.window, loglik)
 
     def action_branch(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Quantise the text-query tokens to the action codebook and predict the label embedding."""

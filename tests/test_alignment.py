@@ -179,3 +179,78 @@ def test_scaled_emissions_keep_a_shared_sub_action_from_absorbing_every_token():
     recovered, _ = learn_with_shared_sub_action("scaled")
     assert share0 > 0.9 and collapsed < 0.35, (collapsed, share0)
     assert recovered >= 0.8, recovered
+
+
+# ----------------------------------------------------------------------------- emissions from shape codes
+def test_pool_bins_sums_each_bins_tokens_and_leaves_empty_bins_uninformative():
+    from teachers.alignment import pool_bins, time_bins
+    centre = torch.tensor([[0.05, 0.1, 0.6, 0.99, 1.0]])
+    bins = time_bins(centre, 4)
+    assert bins.tolist() == [[0, 0, 2, 3, 3]]
+    emit = torch.arange(10.0).view(1, 5, 2)
+    pooled = pool_bins(emit, bins, 4)
+    assert pooled.tolist() == [[[2.0, 4.0], [0.0, 0.0], [4.0, 5.0], [14.0, 16.0]]]
+
+
+def code_windows(n, g, flip):
+    """n windows of N time bins over the SHARED cycles (random start, advance w.p. 0.35), 2 channels.
+    Channel 0 emits code m of sub-action m (w.p. 0.7, else a random code of 12); channel 1 emits code
+    flip[m], where flip maps two sub-actions to one code, so that channel alone cannot tell them apart.
+    -> (codes (n, 2, N), class (n,), truth (n, N))."""
+    y = torch.randint(0, len(SHARED), (n,), generator=g)
+    truth = torch.empty(n, N, dtype=torch.long)
+    for i in range(n):
+        state = int(torch.randint(0, 4, (1,), generator=g))
+        for t in range(N):
+            truth[i, t] = SHARED[y[i], state]
+            state = (state + int(torch.rand(1, generator=g) < 0.35)) % 4
+    clean = torch.stack([truth, flip[truth]], dim=1)                                  # (n, 2, N)
+    noise = torch.rand(clean.shape, generator=g) > 0.7
+    return torch.where(noise, torch.randint(0, 12, clean.shape, generator=g), clean), y, truth
+
+
+def learn_code_table(ordered: bool, steps: int = 60, seed: int = 0):
+    """Online EM as MMVQShape runs it with align_emission=codes (sub-actions never shown), from an empty
+    table. -> held-out accuracy of (the Viterbi path given the class, the label-free argmax over the learned
+    table, the same argmax over the true table: the best any table can do without the class)."""
+    from teachers.alignment import CodeEmissions, pool_bins, state_posteriors
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.tensor([7, 8, 9, 10, 11, 7, 6])      # channel 1 confuses sub-actions 0 and 5
+    table = CodeEmissions(2, 7, 12, decay=0.9, smoothing=0.1)
+    bins = torch.arange(N).repeat(2)[None]                                             # channel-major tokens
+    for _ in range(steps):
+        codes, y, _ = code_windows(64, g, flip)
+        emit = pool_bins(table.token_emissions(codes, SHARED[y]).flatten(1, 2), bins.expand(64, -1), N)
+        post = state_posteriors(emit, torch.full((64,), 4), ordered, p_stay=0.65)     # (64, N, 4)
+        table.update(codes, SHARED[y], post[:, None].expand(-1, 2, -1, -1))
+    codes, y, truth = code_windows(300, torch.Generator().manual_seed(99), flip)
+    emit = pool_bins(table.token_emissions(codes, SHARED[y]).flatten(1, 2), bins.expand(300, -1), N)
+    path, _ = chain_viterbi(emit, torch.full((300,), 4), p_stay=0.65)
+    viterbi = (SHARED[y].gather(1, path) == truth).float().mean().item()
+    def label_free(log_t):                                                             # (2, 7, 12) -> accuracy
+        return ((log_t[0][:, codes[:, 0]] + log_t[1][:, codes[:, 1]]).argmax(0) == truth).float().mean().item()
+    true_t = torch.full((2, 7, 12), 0.3 / 12)
+    true_t[0, torch.arange(7), torch.arange(7)] += 0.7
+    true_t[1, torch.arange(7), flip] += 0.7
+    return viterbi, label_free(table.log_table()), label_free(true_t.log())
+
+
+def test_online_em_over_codes_learns_which_sub_action_each_code_is():
+    # chance is about 1/4 given the class, 1/7 without; the channels pool per time bin, so the
+    # code channel 1 shares between sub-actions 0 and 5 is resolved by channel 0
+    viterbi, free, best = learn_code_table(ordered=True)
+    assert viterbi >= 0.9 and free >= best - 0.02 and best > 0.75, (viterbi, free, best)
+
+
+def test_code_table_normalises_over_codes_so_no_sub_action_absorbs_a_window():
+    from teachers.alignment import CodeEmissions
+    table = CodeEmissions(1, 3, 4, decay=0.5, smoothing=0.1)
+    post = torch.zeros(1, 1, 2, 3)
+    post[0, 0, :, 1] = 1.0                                    # sub-action 1 took both tokens (codes 0 and 2)
+    table.update(torch.tensor([[[0, 2]]]), torch.tensor([[0, 1, 2]]), post)
+    p = table.log_table().exp()
+    assert torch.allclose(p.sum(-1), torch.ones(1, 3))
+    assert p[0, 1].tolist() == pytest.approx([1.1 / 2.4, 0.1 / 2.4, 1.1 / 2.4, 0.1 / 2.4])   # split, not 1 each
+    assert torch.allclose(p[0, 0], torch.full((4,), 0.25))                              # unseen: uniform
+    table.update(torch.tensor([[[3, 3]]]), torch.tensor([[0, 1, 2]]), post)           # counts decay by half
+    assert table.counts[0, 1].tolist() == pytest.approx([0.5, 0.0, 0.5, 2.0])

@@ -28,12 +28,12 @@ def test_recovery_perfect_and_chance():
             return 4
 
         def __getitem__(self, i):
-            return {"x": torch.zeros(1, 8), "subaction": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])}
+            return {"x": torch.zeros(1, 8), "y": torch.tensor(0), "subaction": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])}
 
     t = torch.tensor([[[0.0], [0.6]]])
     l = torch.tensor([[[0.3], [0.4]]])
     right = torch.tensor([[[5.0, 0.0], [0.0, 5.0]]])            # token 0 -> vocab 0 -> primitive 0, token 1 -> 1
-    fn = lambda x: (t.expand(len(x), -1, -1), l.expand(len(x), -1, -1), right.expand(len(x), -1, -1))  # noqa: E731
+    fn = lambda x, y: (t.expand(len(x), -1, -1), l.expand(len(x), -1, -1), right.expand(len(x), -1, -1))  # noqa: E731
     rep = subaction_recovery(fn, DS(), torch.tensor([0, 1]), 2)
     assert rep["token_acc"] == 1.0 and rep["chance_uniform"] == 0.5 and rep["majority"] == 0.5
     assert rep["step_acc"] == 1.0 and rep["step_majority"] == 0.5 and rep["steps"] == 4 * 8

@@ -301,6 +301,31 @@ def test_alignment_targets_live_on_the_class_sub_actions_and_switch_after_warmup
     assert int(m.align_steps) == before + 3
 
 
+def test_code_emissions_learn_from_training_steps_only_and_target_the_class_sub_actions():
+    torch.manual_seed(0)
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", align_warmup_steps=0,
+                                                      align_emission="codes", align_code_decay=0.5), 2, 3,
+                  **text_tensors())
+    x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
+    m.train()
+    out = m(x, keys="vocab")
+    p = m.alignment_targets(out, y, ordered=True)
+    assert torch.allclose(p.sum(-1), torch.ones(8, 8), atol=1e-5) and p[2:4][..., [0, 1, 4]].abs().max() == 0
+    assert m.code_emit.counts.sum().item() == pytest.approx(4 * 2 * 8)      # one expected count per token
+    assert (m.code_emit.counts.sum(dim=(1, 2)) == 4 * 8).all()              # per channel
+    m.losses(out, y)["sub"].backward()
+    assert m.code_emit.counts.sum().item() == pytest.approx(0.5 * 64 + 64)  # decayed, then this step's tokens
+    assert m.sub_tok.weight.grad.abs().sum() > 0                            # the scores learn the targets
+    m.eval()
+    with torch.no_grad():
+        m.losses(m(x, keys="vocab"), y)
+        dec = m.decode_subactions(x, y)
+    assert m.code_emit.counts.sum().item() == pytest.approx(0.5 * 64 + 64)  # evaluation does not learn
+    assert dec["viterbi"].shape == (8, 8) and dec["loglik"].shape == (4,)
+    cls = m.class_index[y.repeat_interleave(2)]
+    assert (dec["viterbi"][..., None] == cls[:, None, :]).any(-1).all()     # states of the window's class
+
+
 def test_alignment_scores_get_gradient_but_targets_do_not():
     torch.manual_seed(0)
     m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", align_warmup_steps=0), 2, 3,
