@@ -1,0 +1,149 @@
+"""How much a trained teacher's tokens can say about the synthetic sub-actions, and how close
+weak supervision gets to that.
+
+For every token of the training and test windows (ground truth: the majority primitive under its
+span, kd.recovery.span_majority) it reports, on the test windows:
+
+* supervised ceilings (they see the true sub-actions of the training tokens; no method that does
+  not may beat them with the same inputs): the best code -> primitive map, per channel; naive Bayes
+  over the codes of all channels at one time position; an MLP on the continuous attributes
+  (z_e, mu, sigma) of one channel, and of all channels at one time position;
+* weak supervision on the codes (batch EM from the class only, as `fusion.align_emission=codes` does
+  online): the code table learned by the set-only or the ordered E-step, read label-free (argmax of
+  p(codes | sub-action) p(sub-action), no class given) and as the Viterbi path given the class.
+
+Tokens of different channels are paired by their rank in span-centre order (tiling spans, as the
+health recipe's are, put the k-th token of every channel at the same place).
+
+    python -m experiments.subaction_ceiling runs/syn_health_ordered_code_s0 [--out results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Dict
+
+import torch
+from torch.utils.data import DataLoader
+
+from kd.config import load_config
+from kd.data import build_splits
+from kd.data.synthetic import PRIMITIVES
+from kd.pipeline import load_teacher
+from kd.recovery import span_majority, synthetic_vocab_map
+from kd.text import description_file
+from teachers.alignment import CodeEmissions, chain_viterbi, pool_bins, state_posteriors
+
+
+@torch.no_grad()
+def collect(teacher, dataset) -> Dict[str, torch.Tensor]:
+    """Per window (B), channel (C) and token rank by span centre (N): code, attributes, truth."""
+    C, P = teacher.num_channels, len(PRIMITIVES)
+    rows = {"codes": [], "attrs": [], "truth": [], "y": []}
+    for b in DataLoader(dataset, batch_size=64):
+        B = len(b["y"])
+        out = teacher(b["x"], keys="vocab", reconstruct=False)
+        t, l = out["t"].float(), out["l"].float()
+        order = (t + l / 2).squeeze(-1).argsort(dim=1)                              # (B*C, N)
+        truth = span_majority(b["subaction"], t.view(B, -1, 1), l.view(B, -1, 1), P).view(B * C, -1)
+        attrs = torch.cat([out["z_e"], out["mu"], out["sigma"]], dim=-1)
+        pick = lambda v: v.gather(1, order if v.dim() == 2 else order[..., None].expand_as(v))  # noqa: E731
+        rows["codes"].append(pick(out["code_idx"]).view(B, C, -1))
+        rows["attrs"].append(pick(attrs).view(B, C, *attrs.shape[1:]))
+        rows["truth"].append(pick(truth).view(B, C, -1)[:, 0])                  # (B, N): channel 0's spans
+        rows["y"].append(b["y"])
+    return {k: torch.cat(v) for k, v in rows.items()}
+
+
+def code_oracles(tr, te, V: int) -> Dict[str, float]:
+    P, C = len(PRIMITIVES), tr["codes"].shape[1]
+    tables = torch.full((C, P, V), 0.1)                                               # add-0.1 counts
+    for c in range(C):
+        tables[c].index_put_((tr["truth"].flatten(), tr["codes"][:, c].flatten()),
+                             torch.ones(tr["truth"].numel()), accumulate=True)
+    per_channel = [float((tables[c].argmax(0)[te["codes"][:, c]] == te["truth"]).float().mean()) for c in range(C)]
+    log_t = (tables / tables.sum(-1, keepdim=True)).log()
+    prior = torch.bincount(tr["truth"].flatten(), minlength=P).float().add(1).log()
+    joint = sum(log_t[c][:, te["codes"][:, c]] for c in range(C)) + prior[:, None, None]
+    return {"code_map_per_channel": per_channel,
+            "code_naive_bayes_joint": float((joint.argmax(0) == te["truth"]).float().mean())}
+
+
+def mlp_probe(tr, te, joint: bool, epochs: int = 300, seed: int = 0) -> float:
+    torch.manual_seed(seed)
+    def xy(d):
+        a = d["attrs"]                                                                # (B, C, N, F)
+        if joint:
+            return a.permute(0, 2, 1, 3).flatten(2).flatten(0, 1), d["truth"].flatten()
+        return a.flatten(0, 2), d["truth"][:, None].expand(a.shape[:3]).flatten()
+    (x, y), (xt, yt) = xy(tr), xy(te)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x, xt = (x - mean) / std, (xt - mean) / std
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, len(PRIMITIVES)))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    for _ in range(epochs):                                                           # full batch
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((net(xt).argmax(1) == yt).float().mean())
+
+
+def weak_em(tr, te, teacher, vmap, ordered: bool, p_stay: float, iters: int = 40) -> Dict[str, float]:
+    """Batch EM of the per-channel code table from the class only (what align_emission=codes does online)."""
+    C, N, M = tr["codes"].shape[1], tr["codes"].shape[2], teacher.M
+    table = CodeEmissions(C, M, teacher.cfg.num_code, decay=0.0, smoothing=0.1)
+    bins = torch.arange(N).repeat(C)[None]                                            # rank = time position
+
+    def emissions(d):
+        ids = teacher.class_index[d["y"]]
+        e = table.token_emissions(d["codes"], ids).flatten(1, 2)
+        return pool_bins(e, bins.expand(len(ids), -1), N), ids, teacher.class_mask[d["y"]].sum(1)
+
+    for _ in range(iters):
+        emit, ids, n = emissions(tr)
+        post = state_posteriors(emit, n, ordered, p_stay)                            # (B, N, K)
+        table.update(tr["codes"], ids, post[:, None].expand(-1, C, -1, -1))
+    log_t = table.log_table()
+    prior = table.counts[0].sum(-1).add(1e-8).log()
+    free = (sum(log_t[c][:, te["codes"][:, c]] for c in range(C)) + prior[:, None, None]).argmax(0)
+    emit, ids, n = emissions(te)
+    path, _ = chain_viterbi(emit, n, p_stay=p_stay)
+    return {"label_free": float((vmap[free] == te["truth"]).float().mean()),
+            "viterbi_given_class": float((vmap[ids.gather(1, path)] == te["truth"]).float().mean())}
+
+
+def report(run_dir: str) -> Dict:
+    cfg = load_config(f"{run_dir}/config.yaml")
+    splits = build_splits(cfg.data)
+    teacher, _ = load_teacher(f"{run_dir}/teacher", splits)
+    meta = json.loads(open(f"{run_dir}/teacher/meta.json").read())
+    vmap = synthetic_vocab_map(meta["vocab_texts"], description_file(cfg.text, "synthetic"))
+    tr, te = collect(teacher, splits.train), collect(teacher, splits.test)
+    P = len(PRIMITIVES)
+    rep = {"run_dir": run_dir, "test_tokens": int(te["truth"].numel()),
+           "majority": float(torch.bincount(te["truth"].flatten(), minlength=P).max()) / te["truth"].numel(),
+           **code_oracles(tr, te, teacher.cfg.num_code),
+           "mlp_attrs_per_channel": mlp_probe(tr, te, joint=False), "mlp_attrs_joint": mlp_probe(tr, te, joint=True)}
+    p = cfg.teacher.fusion.align_p_stay
+    rep["em_set"] = weak_em(tr, te, teacher, vmap, ordered=False, p_stay=p)
+    rep["em_ordered"] = weak_em(tr, te, teacher, vmap, ordered=True, p_stay=p)
+    return rep
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = [report(r) for r in args.run_dirs]
+    print(json.dumps(rows, indent=2))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(rows, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
