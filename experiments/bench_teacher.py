@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from kd.config import FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape
-from teachers.vqshape import VQShape
+from kd.vqshape import VQShape
 
 CONFIGS_ALL = {  # name: (dim, enc/tok layers, dec layers, heads, len_s)
     "d256": (256, 4, 2, 8, 128),

@@ -23,7 +23,7 @@ from kd.config import VQShapeConfig, load_config
 from kd.data import build_splits
 from kd.engine import warmup_cosine
 from teachers.health import health_figures
-from teachers.vqshape import VQShape, extract_subsequence
+from kd.vqshape import VQShape, extract_subsequence
 
 SIZE = dict(dim=64, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4)  # default teacher
 OURS = {  # name: VQShapeConfig overrides (self-supervised terms only)

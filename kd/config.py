@@ -102,7 +102,7 @@ class VQShapeConfig:
     lambda_s: float = 1.0
     lambda_div: float = 0.8
     lambda_ce: float = 1.0
-    # Exact speed-up: decode each distinct code once (see teachers/vqshape.py::ShapeDecoder).
+    # Exact speed-up: decode each distinct code once (see kd/vqshape.py::ShapeDecoder).
     dedup_shape_decoder: bool = True
     # Classification head also reads each channel's instance-norm statistics (mean, log std):
     # the instance norm removes sensor orientation/intensity, which HAR needs.

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.layers import Attention, FeedForward, check_rank
-from teachers.vqshape import VQShape, AttributeHeads
+from kd.vqshape import VQShape, AttributeHeads
 
 
 class TokenAdapter(nn.Module):

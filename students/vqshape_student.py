@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from kd.layers import MLP
-from teachers.vqshape import VQShape, fold_tokens
+from kd.vqshape import VQShape, fold_tokens
 
 SHARED = ("dim_code", "num_code", "len_s", "num_token", "len_input")
 

@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional
 import torch.nn as nn
 
 from teachers.mmvqshape import MMVQShape
-from teachers.vqshape import VQShape
+from kd.vqshape import VQShape
 
 
 def _vqshape(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:

@@ -26,7 +26,7 @@ from typing import Dict, List
 import torch
 from torch.utils.data import DataLoader
 
-from teachers.vqshape import extract_subsequence, znorm_rows
+from kd.vqshape import extract_subsequence, znorm_rows
 
 # Below these a teacher is reported as collapsed (loudly: log and run summary).
 # figure: (limit, what a value under it means)

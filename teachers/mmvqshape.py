@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from teachers.alignment import (CodeEmissions, chain_posteriors, chain_viterbi, class_emissions, pool_bins,
                                 state_posteriors, time_bins, tokens_to_vocabulary)
 from kd.layers import MLP, Attention
-from teachers.vqshape import ShapeCodebook, VQShape, fold_tokens
+from kd.vqshape import ShapeCodebook, VQShape, fold_tokens
 
 
 def masked_mean(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

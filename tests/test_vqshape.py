@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from kd.checkpoint import load_weights, read_checkpoint, save_model
 from kd.config import FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape, kl_rows, supcon_loss
-from teachers.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence,
+from kd.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence,
                               instance_norm)
 
 TINY = dict(dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4,
@@ -514,7 +514,7 @@ def test_what_the_patch_decoder_reads(decoder_input):
 
 
 def test_span_weights_follow_the_spans():
-    from teachers.vqshape import span_weights
+    from kd.vqshape import span_weights
     t = torch.tensor([[[0.0], [0.5]]])                     # token 0 on [0, .5], token 1 on [.5, .75]
     l = torch.tensor([[[0.5], [0.25]]])
     a = span_weights(t, l, 8)[0]                           # patch centres 1/16, 3/16, ..., 15/16
@@ -528,7 +528,7 @@ def test_span_weights_follow_the_spans():
 
 
 def test_span_overlap_weights_are_the_covered_fraction_of_each_patch():
-    from teachers.vqshape import span_overlap_weights
+    from kd.vqshape import span_overlap_weights
     t = torch.tensor([[[0.0], [0.5625]]])                  # token 0 on [0, .5], token 1 on [.5625, .75]
     l = torch.tensor([[[0.5], [0.1875]]])
     a = span_overlap_weights(t, l, 8)[0]                   # patches [i/8, (i+1)/8]
