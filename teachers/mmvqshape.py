@@ -101,8 +101,9 @@ class MMVQShape(VQShape):
         self.label_head = MLP(K * d, Dt, d)
         self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
         if self.aligned:
+            width = {"token": d, "code": cfg.dim_code + 2, "window": 3 * num_channels * (cfg.dim_code + 2)}
             self.sub_tok = nn.Linear(d, fusion.sub_dim) if fusion.sub_input == "token" \
-                else MLP(cfg.dim_code + 2, fusion.sub_dim, d)                 # P_h
+                else MLP(width[fusion.sub_input], fusion.sub_dim, d)          # P_h
             self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
             self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
             self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
@@ -190,10 +191,27 @@ class MMVQShape(VQShape):
         out = super().forward(x, y, keys, reconstruct)
         out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
         if self.aligned:
-            h = out["h"] if self.fusion.sub_input == "token" else torch.cat([out["z_e"], out["mu"], out["sigma"]], -1)
+            h = {"token": lambda: out["h"], "code": lambda: torch.cat([out["z_e"], out["mu"], out["sigma"]], -1),
+                 "window": lambda: self.window_features(out, x.shape[0])}[self.fusion.sub_input]()
             out["sub_scores"] = self.sub_scores(h.detach() if self.fusion.sub_detach else h)   # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
+
+    def window_features(self, out: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+        """What the scores read with sub_input=window (B*C, N, 3*C*(dim_code+2)): for each token, the mean
+        code, mean and std of every channel's tokens in its time bin (N equal bins, by span centre) and in
+        the bins before and after it (zeros past the window's ends or where a bin is empty). A motion is
+        what all axes do at once over a stretch of time; one channel's short subsequence is ambiguous."""
+        C = self.num_channels
+        f = torch.cat([out["z_e"], out["mu"], out["sigma"]], -1).view(batch, C, -1, out["z_e"].shape[-1] + 2)
+        N, W = f.shape[2], f.shape[3]
+        bins = time_bins((out["t"] + out["l"] / 2).view(batch, C, N), N)[..., None]   # (B, C, N, 1)
+        total = f.new_zeros(batch, C, N, W).scatter_add(2, bins.expand_as(f), f)
+        count = f.new_zeros(batch, C, N, 1).scatter_add(2, bins, torch.ones_like(bins, dtype=f.dtype))
+        per_bin = (total / count.clamp(min=1)).permute(0, 2, 1, 3).flatten(2)          # (B, N, C*W)
+        ctx = torch.cat([F.pad(per_bin, (0, 0, 1, 0))[:, :-1], per_bin, F.pad(per_bin, (0, 0, 0, 1))[:, 1:]], -1)
+        idx = bins.view(batch, C * N, 1).expand(-1, -1, ctx.shape[-1])
+        return ctx.gather(1, idx).view(batch * C, N, -1)
 
     def sub_scores(self, h: torch.Tensor) -> torch.Tensor:
         """Label-free sub-action scores of every token over the whole vocabulary (B', N, M); h: what

@@ -347,6 +347,17 @@ def test_alignment_scores_get_gradient_but_targets_do_not():
     c.losses(c(x, keys="vocab"), y)["sub"].backward()
     assert c.sub_tok[0].weight.grad.abs().sum() > 0 and c.attr.code_encoder[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in [*c.encoder.parameters(), *c.tokenizer.parameters()])
+    # sub_input=window: a token's scores read every channel's codes around its time, so L_sub reaches the
+    # code encoder; tokens of different channels in one time bin get the same scores
+    w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
+                  FusionConfig(action_target="ordered", align_warmup_steps=0, sub_input="window"), 2, 3,
+                  **text_tensors())
+    out = w(x, keys="vocab")
+    w.losses(out, y)["sub"].backward()
+    assert w.sub_tok[0].weight.grad.abs().sum() > 0 and w.attr.code_encoder[0].weight.grad.abs().sum() > 0
+    s, bins = out["sub_scores"].view(4, 2, 8, -1), (out["t"] + out["l"] / 2).view(4, 2, 8).mul(8).floor()
+    same = bins[:, 0] == bins[:, 1]
+    assert same.any() and torch.allclose(s[:, 0][same], s[:, 1][same], atol=1e-5)
 
 
 def test_mmvqshape_rejects_class_without_text():
