@@ -107,10 +107,10 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     n_cls = len(teacher.class_index)
     for batch in DataLoader(dataset, batch_size=batch_size):
         x, y = batch["x"], batch["y"]
-        dec = teacher.decode_subactions(x, y)
+        out = teacher(x, keys="vocab", reconstruct=False)
+        dec = teacher.decode(out, y)
         agree += int((dec["viterbi"] == dec["free"]).sum())
         tokens += dec["viterbi"].numel()
-        out = teacher(x, keys="vocab", reconstruct=False)
         lik = torch.stack([teacher.window_loglik(teacher.chain(out, torch.full_like(y, c)), len(y))
                            for c in range(n_cls)], dim=1)                            # (B, n_cls)
         right += int((lik.argmax(1) == y).sum())

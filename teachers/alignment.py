@@ -116,16 +116,6 @@ def class_emissions(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Tenso
     return log_p.gather(2, ids[:, None, :].expand(-1, log_p.shape[1], -1)), order
 
 
-def to_vocabulary(state_probs: torch.Tensor, order: torch.Tensor, ids: torch.Tensor, n_states: torch.Tensor,
-                  M: int) -> torch.Tensor:
-    """Per-state probabilities in centre order (S, N, K) -> per-token vocabulary distributions in the
-    tokens' own order (S, N, M); padding states contribute nothing."""
-    valid = torch.arange(ids.shape[1], device=ids.device)[None, :] < n_states[:, None]
-    probs = state_probs * valid[:, None, :]
-    voc = probs.new_zeros(*probs.shape[:2], M).scatter_add_(2, ids[:, None, :].expand_as(probs), probs)
-    return torch.empty_like(voc).scatter_(1, order[..., None].expand_as(voc), voc)
-
-
 @torch.no_grad()
 def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
     """E-step posteriors (S, L, K) of S sequences: ordered = the cyclic chain's forward-backward; else the
@@ -150,8 +140,9 @@ def alignment_targets(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Ten
     ordered: chain posteriors of the class's cyclic sub-action order; else the scores' softmax restricted
     to the class's entries (the set of its sub-actions, no order)."""
     emit, order = class_emissions(scores, centre, ids)
-    post = state_posteriors(emit, n_states, ordered, p_stay)
-    return to_vocabulary(post, order, ids, n_states, scores.shape[-1])
+    post = state_posteriors(emit, n_states, ordered, p_stay)                 # (S, N, K) in centre order
+    tok = post.gather(1, order.argsort(dim=1)[..., None].expand_as(post))     # back to the tokens' order
+    return tokens_to_vocabulary(tok, ids, scores.shape[-1])
 
 
 # ----------------------------------------------------------------------------- emissions from shape codes

@@ -278,7 +278,11 @@ class MMVQShape(VQShape):
         """Held-out decoding, tokens in their own order (B*C, N): `viterbi` = the vocabulary id of each
         token on the best ordered path given class y; `free` = argmax of its label-free scores;
         `loglik` (B,) = each window's alignment log-likelihood under class y (summed over its sequences)."""
-        out = self(x, keys="vocab", reconstruct=False)
+        return self.decode(self(x, keys="vocab", reconstruct=False), y)
+
+    @torch.no_grad()
+    def decode(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """decode_subactions on the outputs of a forward already run (keys="vocab")."""
         c = self.chain(out, y)
         path, _ = chain_viterbi(c.emit, c.n_states, cyclic=True, p_stay=self.fusion.align_p_stay)
         voc = c.ids.gather(1, path)                                           # (S, L) vocabulary ids

@@ -85,9 +85,9 @@ CYCLES = torch.tensor([[0, 1, 2, 3], [2, 4, 0, 5], [5, 3, 1, 4], [1, 0, 4, 2]]) 
 P, D, N = 6, 16, 12
 
 
-def token_windows(n, g, protos, noise=0.8, cycles=CYCLES):
-    """n windows of N tokens: a random start in the class cycle, advancing with probability 0.35 per
-    token; each token's feature is its sub-action's prototype plus noise. -> (features, class, truth)."""
+def cyclic_paths(n, g, cycles):
+    """n windows of N steps: a random class, a random start in its 4-step cycle, advancing with
+    probability 0.35 per step. -> (class (n,), sub-action at every step (n, N))."""
     y = torch.randint(0, len(cycles), (n,), generator=g)
     truth = torch.empty(n, N, dtype=torch.long)
     for i in range(n):
@@ -95,6 +95,13 @@ def token_windows(n, g, protos, noise=0.8, cycles=CYCLES):
         for t in range(N):
             truth[i, t] = cycles[y[i], state]
             state = (state + int(torch.rand(1, generator=g) < 0.35)) % 4
+    return y, truth
+
+
+def token_windows(n, g, protos, noise=0.8, cycles=CYCLES):
+    """cyclic_paths whose tokens' features are their sub-action's prototype plus noise.
+    -> (features, class, truth)."""
+    y, truth = cyclic_paths(n, g, cycles)
     return protos[truth] + noise * torch.randn(n, N, D, generator=g), y, truth
 
 
@@ -193,17 +200,11 @@ def test_pool_bins_sums_each_bins_tokens_and_leaves_empty_bins_uninformative():
 
 
 def code_windows(n, g, flip):
-    """n windows of N time bins over the SHARED cycles (random start, advance w.p. 0.35), 2 channels.
+    """cyclic_paths over the SHARED cycles, observed as codes on 2 channels.
     Channel 0 emits code m of sub-action m (w.p. 0.7, else a random code of 12); channel 1 emits code
     flip[m], where flip maps two sub-actions to one code, so that channel alone cannot tell them apart.
     -> (codes (n, 2, N), class (n,), truth (n, N))."""
-    y = torch.randint(0, len(SHARED), (n,), generator=g)
-    truth = torch.empty(n, N, dtype=torch.long)
-    for i in range(n):
-        state = int(torch.randint(0, 4, (1,), generator=g))
-        for t in range(N):
-            truth[i, t] = SHARED[y[i], state]
-            state = (state + int(torch.rand(1, generator=g) < 0.35)) % 4
+    y, truth = cyclic_paths(n, g, SHARED)
     clean = torch.stack([truth, flip[truth]], dim=1)                                  # (n, 2, N)
     noise = torch.rand(clean.shape, generator=g) > 0.7
     return torch.where(noise, torch.randint(0, 12, clean.shape, generator=g), clean), y, truth
