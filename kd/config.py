@@ -476,3 +476,28 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
     validate_config(cfg)
     return cfg
+
+
+# Keys that may change between runs into one run_dir (what to do, not what is computed);
+# train.num_threads changes speed only.
+IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
+
+
+def comparable(cfg, ignore: Sequence[str] = IGNORED_FOR_RERUN) -> Dict:
+    """The resolved config as a dict without the `ignore` keys: what two runs must share to be the same run."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for key in ignore:
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return d
+
+
+def config_diffs(a: Any, b: Any, prefix: str = "") -> List[tuple]:
+    """(dotted key, value in a, value in b) for every leaf where two nested config dicts differ, by key."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return sorted((d for key in set(a) | set(b) for d in config_diffs(a.get(key), b.get(key), f"{prefix}{key}.")),
+                      key=lambda d: d[0])
+    return [(prefix.rstrip("."), a, b)] if a != b else []

@@ -39,12 +39,15 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from kd.config import ConfigError, load_config
+from kd.config import IGNORED_FOR_RERUN, ConfigError, comparable, config_diffs, config_from_dict, load_config
 from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, sign_flip_p, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("macro_f1", "accuracy")
 HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "shape_fit_r2", "recon_r2", "collapsed")
+# A finished run counts for a study when its saved config equals the one the study makes now, up to
+# what distill.py lets change in a run_dir and where the runs and their teachers live.
+SAME_RUN_IGNORES = (*IGNORED_FOR_RERUN, "run_dir", "teacher.checkpoint")
 # Keys a run's teacher does not depend on: two methods whose configs differ only here share one teacher.
 NOT_TEACHER_KEYS = ("run_dir", "seed", "stage", "resume", "overwrite", "student", "kd", "train.epochs", "train.lr",
                     "train.baseline", "train.num_threads")
@@ -171,20 +174,14 @@ class Run:
     fold: Dict[str, List[int]]    # the fold's test and validation subjects
     seed: int
     needs: Optional[str] = None   # the teacher run this one reads
+    config: Optional[Dict] = None  # the config a finished run must have (SAME_RUN_IGNORES left out)
 
 
 def teacher_key(cfg) -> Optional[str]:
     """A short hash of everything a run's teacher depends on (None: no teacher)."""
     if cfg.teacher.arch == "none":
         return None
-    d = OmegaConf.to_container(cfg, resolve=True)
-    for key in NOT_TEACHER_KEYS:
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node[p]
-        node.pop(leaf, None)
-    d["teacher"].pop("checkpoint", None)
+    d = comparable(cfg, (*NOT_TEACHER_KEYS, "teacher.checkpoint"))
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -192,35 +189,45 @@ def plan(spec, folds: List[Dict], threads: int) -> List[Run]:
     root, troot = Path(spec.root), Path(spec.teachers_root)
     common = [f"train.num_threads={threads}", "resume=true"]
     teachers, runs = {}, []
-    for name, m in spec.methods.items():
+
+    def run(name, rdir, m_name, own: List[str], fold, seed, needs=None, check=True) -> Run:
+        m = spec.methods[m_name]
+        config = comparable(method_config(spec, m_name, own), SAME_RUN_IGNORES) if check else None
+        return Run(name, rdir, ["--config", str(m.config), *spec.overrides, *m.overrides, *own], fold, seed, needs,
+                   config)
+
+    for name in spec.methods:
         cfg = method_config(spec, name)
         key = teacher_key(cfg)
         for f, fold in enumerate(folds):
             split = [f"data.test_subjects={fold['test']}", f"data.val_subjects={fold['val']}"]
-            base = ["--config", str(m.config), *spec.overrides, *m.overrides, *split]
             tname = None
             if key is not None:
                 tname = f"teachers/{cfg.teacher.arch}_{key}/fold{f}"
                 if tname not in teachers:
                     tdir = troot / tname.split("/", 1)[1]
-                    teachers[tname] = Run(tname, tdir, [*base, f"run_dir={tdir}", f"seed={spec.teacher_seed}",
-                                                        "stage=teacher", *common], fold, spec.teacher_seed)
+                    # a teacher's directory is named by the hash of its config: no config check needed
+                    teachers[tname] = run(tname, tdir, name, [*split, f"run_dir={tdir}", f"seed={spec.teacher_seed}",
+                                                              "stage=teacher", *common], fold, spec.teacher_seed,
+                                          check=False)
             for seed in spec.seeds:
                 rname = f"{name}/fold{f}_s{seed}"
                 rdir = root / rname
-                extra = [f"run_dir={rdir}", f"seed={seed}", *common]
+                own = [*split, f"run_dir={rdir}", f"seed={seed}", *common]
                 if tname is not None:
-                    extra += [f"teacher.checkpoint={teachers[tname].run_dir / 'teacher'}", "stage=student",
-                              "train.baseline=false"]
-                runs.append(Run(rname, rdir, [*base, *extra], fold, seed, needs=tname))
+                    own += [f"teacher.checkpoint={teachers[tname].run_dir / 'teacher'}", "stage=student",
+                            "train.baseline=false"]
+                runs.append(run(rname, rdir, name, own, fold, seed, tname))
     # seeds outermost: an interrupted study has whole paired seeds done first
     runs.sort(key=lambda r: (int(r.name.rsplit("_s", 1)[1]), r.name.split("/")[1], r.name))
     return list(teachers.values()) + runs
 
 
 def done(run: Run) -> bool:
-    """Finished: its results.json exists, and its saved config is this fold and seed (a reused
-    teacher directory trained on other subjects would leak test subjects into training)."""
+    """Finished: its results.json exists, its saved config is this fold and seed (a reused teacher
+    directory trained on other subjects would leak test subjects into training), and, for a student
+    or baseline run, the config is the one the study makes now (a pairing file edited since would
+    otherwise be reported under its new name with its old numbers)."""
     if not (run.run_dir / "results.json").is_file():
         return False
     saved = OmegaConf.load(run.run_dir / "config.yaml")
@@ -230,6 +237,14 @@ def done(run: Run) -> bool:
         raise ConfigError(f"{run.run_dir} was run with test subjects {found['test']}, validation {found['val']}, "
                           f"seed {found['seed']}, but this study needs {run.fold}, seed {run.seed}; use another "
                           f"root or teachers_root")
+    if run.config is not None:
+        # through today's schema: a key added since the run takes its default (its old behaviour)
+        diff = [k for k, _, _ in config_diffs(comparable(config_from_dict(OmegaConf.to_container(saved)),
+                                                         SAME_RUN_IGNORES), run.config)]
+        if diff:
+            raise ConfigError(f"{run.run_dir} finished with another config than this study now makes (differs at "
+                              f"{diff[:8]}): its pairing file or overrides changed since; use another root "
+                              f"(root=...) or delete that run")
     return True
 
 
@@ -427,21 +442,25 @@ def plot_paired(rep: Dict, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- entry point
-def write_study_file(spec, root: Path) -> None:
-    """The resolved study next to its runs; a different study in the same root is refused. The seeds
-    and `parallel` may change: runs are kept per seed, so more seeds add runs to the same study."""
+def check_study_file(spec, root: Path) -> None:
+    """A different study in the same root is refused. The seeds and `parallel` may change: runs are
+    kept per seed, so more seeds add runs to the same study."""
     saved = root / "study.yaml"
-    text = OmegaConf.to_yaml(spec)
-    if saved.is_file():
-        old = OmegaConf.to_container(OmegaConf.load(saved))
-        new = OmegaConf.to_container(OmegaConf.create(text))
-        for key in ("parallel", "seeds", "teachers_root"):
-            old.pop(key, None)
-            new.pop(key, None)
-        if old != new:
-            raise ConfigError(f"{saved} holds another study; choose another root (root=...) or delete it")
+    if not saved.is_file():
+        return
+    old = OmegaConf.to_container(OmegaConf.load(saved))
+    new = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(spec)))
+    for key in ("parallel", "seeds", "teachers_root"):
+        old.pop(key, None)
+        new.pop(key, None)
+    if old != new:
+        raise ConfigError(f"{saved} holds another study; choose another root (root=...) or delete it")
+
+
+def write_study_file(spec, root: Path) -> None:
+    """The resolved study next to its runs."""
     root.mkdir(parents=True, exist_ok=True)
-    saved.write_text(text)
+    (root / "study.yaml").write_text(OmegaConf.to_yaml(spec))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -459,6 +478,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     threads = max(1, cpus // parallel)
     folds = make_folds(data_subjects(method_config(spec, spec.reference)), spec.scheme, spec.folds,
                        spec.val_subjects)
+    check_study_file(spec, root)
     runs = plan(spec, folds, threads)
     todo = [r for r in runs if not done(r)]
     print(f"[cv] {spec.name}: {len(folds)} folds, seeds {list(spec.seeds)}, {len(runs)} runs "

@@ -20,18 +20,13 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
-from kd.config import ConfigError, config_from_dict, to_yaml
+from kd.config import ConfigError, comparable, config_diffs, config_from_dict, to_yaml
 from kd.data import build_splits
 from kd.distiller import Distiller, OwnLossTask, TeacherGroup
 from kd.engine import StageSpec, TeacherCache, eval_loader, evaluate, fit
 from students import build_student
 from teachers import build_teacher
 from kd.layers import param_count
-
-# Config keys that may change between runs into one run_dir (what to do, not what is computed);
-# train.num_threads changes speed only.
-IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
-
 
 class RunDirError(RuntimeError):
     """The run directory holds another config's outputs."""
@@ -72,27 +67,15 @@ def set_cpu_threads(requested: Optional[int], accel: Accelerator) -> Optional[in
 
 
 # ----------------------------------------------------------------------------- run directory
-def comparable(cfg) -> Dict:
-    d = OmegaConf.to_container(cfg, resolve=True)
-    for key in IGNORED_FOR_RERUN:
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return d
-
-
 def prepare_run_dir(cfg, accel: Accelerator) -> Path:
     """Refuse to mix two configs' outputs in one run_dir (unless overwrite=true)."""
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.yaml"
     if saved.is_file() and not cfg.overwrite:
         # through today's schema: a key added since that run takes its default (its old behaviour)
-        old = comparable(config_from_dict(OmegaConf.to_container(OmegaConf.load(saved))))
-        new = comparable(cfg)
-        if old != new:
-            diff = sorted(k for k, _, _ in config_diffs(old, new))
+        diff = [k for k, _, _ in config_diffs(comparable(config_from_dict(OmegaConf.to_container(
+            OmegaConf.load(saved)))), comparable(cfg))]
+        if diff:
             raise RunDirError(f"run_dir {str(run_dir)!r} holds outputs of another config (differs at "
                               f"{diff[:8]}); choose another run_dir or pass overwrite=true")
     if accel.is_main_process:
@@ -100,15 +83,6 @@ def prepare_run_dir(cfg, accel: Accelerator) -> Path:
         saved.write_text(to_yaml(cfg))
     accel.wait_for_everyone()
     return run_dir
-
-
-def config_diffs(a, b, prefix: str = ""):
-    """(dotted key, value in a, value in b) for every leaf where two nested config dicts differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in set(a) | set(b):
-            yield from config_diffs(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip("."), a, b
 
 
 # ----------------------------------------------------------------------------- text
@@ -138,7 +112,7 @@ def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.
     # The saved config read through today's schema: a key added since the checkpoint was written
     # takes its default, which keeps the behaviour from before the key existed.
     saved = OmegaConf.to_container(tcfg, resolve=True)
-    found = sorted(config_diffs(saved, expect), key=lambda d: d[0]) if expect is not None else []
+    found = config_diffs(saved, expect) if expect is not None else []
     diffs = [f"teacher.{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in found if k != "checkpoint"]
     if meta["num_channels"] != splits.num_channels:
         diffs.append(f"channels: checkpoint {meta['num_channels']} vs data {splits.num_channels}")

@@ -10,6 +10,8 @@ from kd.config import ConfigError
 from kd.stats import sign_flip_p
 from tests.conftest import TINY
 
+ROOT = cv.ROOT
+
 
 def test_kfold_folds_cover_every_subject_once_and_validate_on_the_training_side():
     folds = cv.make_folds(range(1, 11), "kfold", 5, 1)
@@ -62,7 +64,10 @@ def test_study_mistakes_fail_at_load(tmp_path):
 def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     root = tmp_path / "study"
     overrides = "[" + ", ".join([*TINY, f"text.cache_dir={text_cache}"]) + "]"
-    path = write_study(tmp_path, STUDY.format(root=root, overrides=overrides))
+    pairing = tmp_path / "pairing.yaml"                              # the distilled method's pairing file
+    pairing.write_text((ROOT / "configs/synthetic_smoke.yaml").read_text())
+    path = write_study(tmp_path, STUDY.format(root=root, overrides=overrides).replace(
+        "kd: {config: configs/synthetic_smoke.yaml}", f"kd: {{config: {pairing}}}"))
     rep = cv.main([str(path)])
     teachers = sorted(p.name for p in (root / "teachers").glob("*/fold*") if p.is_dir())
     assert teachers == ["fold0", "fold1"]                           # one teacher per fold, shared by both seeds
@@ -97,6 +102,11 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     assert again["comparisons"] == rep["comparisons"]
     with pytest.raises(ConfigError, match="holds another study"):
         cv.main([str(path), "methods.alone.overrides=[teacher.arch=none,teacher.text_guidance=false,train.lr=0.001]"])
+    # the pairing file edited in place after its runs finished: their old numbers are not reported under it
+    pairing.write_text(pairing.read_text().replace("{weight: 1.0, source: shape}", "{weight: 1.0, source: shape, temperature: 2.5}", 1))
+    with pytest.raises(ConfigError, match=r"finished with another config .*\['kd.logit_kd.temperature'\]"):
+        cv.main([str(path), "--dry-run"])
+    pairing.write_text((ROOT / "configs/synthetic_smoke.yaml").read_text())
     more = cv.main([str(path), "seeds=[0, 1, 2]", "--dry-run"])       # more seeds: same study, more runs
     assert more == {}
     # another study may share these teachers only on the same folds: fold 0 of 3 is not fold 0 of 2
