@@ -39,7 +39,7 @@ def one_size(n: int) -> dict:
     loader = train_loader(splits.train, 32, 0)
     t0 = time.perf_counter()
     for batch in loader:
-        loss = F.cross_entropy(model(batch["x"])["logits"], batch["y"])
+        loss = F.cross_entropy(model(batch["x"]).logits, batch["y"])
         opt.zero_grad()
         loss.backward()
         opt.step()

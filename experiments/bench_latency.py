@@ -50,7 +50,7 @@ def build_models(cfg):
     ws = Workspace(cfg.kd.workspace, [("shape", 192, 8), ("action", 192, 64)], s.feature_dim,
                    s.feature_length(512)).eval()
     models["  + read-out (the default student as deployed)"] = (
-        param_count(s) + ws.readout_param_count(), lambda x: s(x, mix=lambda f: ws(f, None)[0])["logits"],
+        param_count(s) + ws.readout_param_count(), lambda x: s(x, mix=lambda f: ws(f, None)[0]).logits,
         FusedCNN(s, ws.prior_readout()))
     cnn("wrn16_1, wrn_stem_stride=1 (the paper's stem)", "wrn16_1", wrn_stem_stride=1)
     cnn("wrn16_1, wrn_stem_stride=1, kernel_size=3", "wrn16_1", wrn_stem_stride=1, kernel_size=3)

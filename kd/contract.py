@@ -1,7 +1,7 @@
 """What each model gives distillation, and the check of a pairing against it at config load.
 
-Every model class declares the outputs distillation may read: a student's forward (`OUTPUTS`), a
-teacher's `teach` (`TEACH_OUTPUTS`). A student paired with a teacher that has shape tokens reaches
+Every model class declares which fields of `kd.outputs.Outputs` it fills: a student's forward
+(`OUTPUTS`), a teacher's `teach` (`TEACH_OUTPUTS`). A student paired with a teacher that has shape tokens reaches
 the teacher's token space even without its own: a CNN through a token adapter onto the frozen
 codebook (`attr`, `code_dist`), and both CNN and VQShape students through the teacher's frozen action
 decoder (`action_logits`) when the teacher has one. `check_pairing` holds every knowledge source and
@@ -15,24 +15,7 @@ from pathlib import Path
 from typing import FrozenSet, Iterable
 
 from kd.config import ConfigError, KD_LOSS_KEYS
-
-# What each output key means, in one place (B: windows, G = C*N: a VQShape window's tokens).
-MEANINGS = {
-    "logits": "(B, classes) class scores",
-    "features": "(B, D, L) what feature losses compare and the workspace mixes: a CNN's last feature map; "
-                "a VQShape teacher's re-encoded shape tokens h_hat (teach); a VQShape student's tokenizer "
-                "output h, which its workspace read-out rewrites before the attribute heads",
-    "attr": "{z_e, mu, sigma, t, l}, each (B, G, k): the shape tokens' attributes",
-    "code_dist": "(B, G, K) squared distances of z_e to the frozen shape codebook",
-    "code_idx": "(B, G) the shape code of each token",
-    "action_logits": "(B, G, M) the frozen action decoder's sub-action scores of each token's code",
-    "shape_tokens": "(B, G, d) re-encoded shape tokens h_hat (a knowledge source)",
-    "action_tokens": "(B, K_pad, d) quantised text-query tokens, zeros at padding (a knowledge source)",
-    "feature_tokens": "(B, L, D) a CNN teacher's feature map as tokens (a knowledge source)",
-}
-# Outputs shaped (B, G, d): token sequences a workspace knowledge source can read.
-TOKEN_OUTPUTS = ("shape_tokens", "action_tokens", "feature_tokens")
-
+from kd.outputs import TOKEN_OUTPUTS
 
 def teacher_outputs(teacher_cfg) -> FrozenSet[str]:
     from teachers import teacher_class

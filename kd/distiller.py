@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from kd.losses import LOSSES, build_loss
+from kd.outputs import Outputs
 from kd.workspace import Workspace, dynamic_coefficients
 
 KD_LOSSES = tuple(LOSSES)            # every KD loss the config can switch on
@@ -33,7 +34,7 @@ class OwnLossTask(nn.Module):
         super().__init__()
         self.model, self.self_supervised = model, self_supervised
 
-    def forward(self, batch: Dict, teacher_out: Optional[Dict] = None) -> Tuple[Dict, Dict]:
+    def forward(self, batch: Dict, teacher_out: Optional[Outputs] = None) -> Tuple[Dict, Dict]:
         out = self.model.fit_forward(batch)
         if self.self_supervised:
             return self.model.losses(out, batch["y"], supervised=False), {}
@@ -45,16 +46,16 @@ class OwnLossTask(nn.Module):
 
 class TeacherGroup(nn.Module):
     """The main teacher plus further frozen teachers (kd.extra_teachers). `teach` returns the main
-    teacher's outputs, and each extra teacher's tensors as '<name>/<key>' (knowledge sources)."""
+    teacher's outputs, with each extra teacher's tensors in `extra` as '<name>/<field>' (knowledge sources)."""
 
     def __init__(self, main: nn.Module, extras: Dict[str, nn.Module]):
         super().__init__()
         self.main, self.extras = main, nn.ModuleDict(extras)
 
-    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Dict:
-        out = dict(self.main.teach(x, y))
+    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Outputs:
+        out = self.main.teach(x, y)
         for name, teacher in self.extras.items():
-            out.update({f"{name}/{k}": v for k, v in teacher.teach(x, y).items() if torch.is_tensor(v)})
+            out.extra.update({f"{name}/{k}": v for k, v in teacher.teach(x, y).tensors().items() if "." not in k})
         return out
 
     def train(self, mode: bool = True):
@@ -71,14 +72,14 @@ class FrozenTokenSpace(nn.Module):
         self.action_decoder = copy.deepcopy(teacher.action_decoder).requires_grad_(False) \
             if teacher.num_actions else None
 
-    def forward(self, attr: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        z_e = attr["z_e"]                                                    # (B, G, dc)
+    def forward(self, out: Outputs) -> None:
+        """Fill a CNN student's `code_dist` (and `action_logits`) from the attributes its adapter made."""
+        z_e = out.attr["z_e"]                                                # (B, G, dc)
         dist = self.codebook.distances(z_e.flatten(0, 1))                    # (B*G, K)
-        out = {"code_dist": dist.view(*z_e.shape[:2], -1)}
+        out.code_dist = dist.view(*z_e.shape[:2], -1)
         if self.action_decoder is not None:
             e = self.codebook.weight[dist.argmin(-1)].view_as(z_e)
-            out["action_logits"] = self.action_decoder(z_e + (e - z_e).detach())  # straight-through
-        return out
+            out.action_logits = self.action_decoder(z_e + (e - z_e).detach())  # straight-through
 
     def train(self, mode: bool = True):
         return super().train(False)                                          # frozen: always eval
@@ -101,24 +102,24 @@ class Distiller(nn.Module):
         self.adapter = self.tokens = None
         # every source and loss was checked against the models' declared outputs at config load
         # (kd/contract.py); a CNN student reaches the teacher's token space through an adapter
-        if any(n in self.loss_cfg for n in TOKEN_LOSSES) and "attr" not in s_out:
-            G, dc = t_out["attr"]["z_e"].shape[1:]
+        if any(n in self.loss_cfg for n in TOKEN_LOSSES) and s_out.attr is None:
+            G, dc = t_out.attr["z_e"].shape[1:]
             self.adapter = student.token_adapter(G, dc)
             self.tokens = FrozenTokenSpace(teacher)
-        s_dims = {"feature_dim": s_out["features"].shape[1], "feature_len": s_out["features"].shape[2]}
-        t_dims = {"feature_dim": t_out["features"].shape[1], "feature_len": t_out["features"].shape[2]} \
-            if "features" in t_out else {}
+        s_dims = {"feature_dim": s_out.features.shape[1], "feature_len": s_out.features.shape[2]}
+        t_dims = {"feature_dim": t_out.features.shape[1], "feature_len": t_out.features.shape[2]} \
+            if t_out.features is not None else {}
         self.losses = nn.ModuleDict({n: build_loss(n, c, s_dims, t_dims) for n, c in self.loss_cfg.items()})
         self.source_names = [s.name for s in kd_cfg.sources]
         self.workspace = self.build_workspace(s_out, t_out) if kd_cfg.workspace.enabled else None
 
-    def build_workspace(self, s_out: Dict, t_out: Dict) -> Workspace:
-        specs = [(src.name, *t_out[src.tokens].shape[1:]) for src in self.kd_cfg.sources]
-        D, L = s_out["features"].shape[1:]
+    def build_workspace(self, s_out: Outputs, t_out: Outputs) -> Workspace:
+        specs = [(src.name, *t_out.get(src.tokens).shape[1:]) for src in self.kd_cfg.sources]
+        D, L = s_out.features.shape[1:]
         return Workspace(self.kd_cfg.workspace, specs, width=D, length=L)
 
     # -- forward ---------------------------------------------------------------------------
-    def student_forward(self, x: torch.Tensor, sources: Optional[Dict]) -> Tuple[Dict, Dict]:
+    def student_forward(self, x: torch.Tensor, sources: Optional[Dict]) -> Tuple[Outputs, Dict]:
         info: Dict = {}
 
         def mix(feats):
@@ -128,17 +129,17 @@ class Distiller(nn.Module):
 
         s_out = self.student(x, mix=mix if self.workspace is not None else None)
         if self.adapter is not None:
-            s_out["attr"] = self.adapter(s_out["features"])
-            s_out.update(self.tokens(s_out["attr"]))
+            s_out.attr = self.adapter(s_out.features)
+            self.tokens(s_out)
         return s_out, info
 
-    def sources_for_step(self, t_out: Optional[Dict]) -> Optional[Dict]:
+    def sources_for_step(self, t_out: Optional[Outputs]) -> Optional[Dict]:
         """Teacher tokens for the workspace, or None on prior-only steps (and always at eval)."""
         if self.workspace is None or t_out is None or not self.training:
             return None
         if torch.rand(()) < self.kd_cfg.workspace.prior_prob:
             return None
-        return {s.name: t_out[s.tokens] for s in self.kd_cfg.sources}
+        return {s.name: t_out.get(s.tokens) for s in self.kd_cfg.sources}
 
     def coefficients(self, info: Dict) -> Tuple[Dict[str, torch.Tensor], Dict[str, float], Optional[torch.Tensor]]:
         """-> ({source: c_i}, logs, L_align or None)."""
@@ -158,7 +159,7 @@ class Distiller(nn.Module):
         logs.update({f"coef_{n}": float(v) for n, v in coef.items()})
         return coef, logs, align
 
-    def forward(self, batch: Dict, t_out: Optional[Dict] = None) -> Tuple[Dict, Dict]:
+    def forward(self, batch: Dict, t_out: Optional[Outputs] = None) -> Tuple[Dict, Dict]:
         x, y = batch["x"], batch["y"]
         s_out, info = self.student_forward(x, self.sources_for_step(t_out))
         own = self.student.losses(s_out, y)                                  # ce (+ x, s, vq for VQShape)
@@ -180,4 +181,4 @@ class Distiller(nn.Module):
     # -- inference -------------------------------------------------------------------------
     def predict(self, batch: Dict) -> torch.Tensor:
         """Signal only: no teacher, no text; workspace slots are the learned prior."""
-        return self.student_forward(batch["x"], None)[0]["logits"]
+        return self.student_forward(batch["x"], None)[0].logits

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from kd.checkpoint import assert_finite_state
 from kd.metrics import classification_report
+from kd.outputs import Outputs
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -156,7 +157,7 @@ class TeacherCache:
         with torch.no_grad():
             for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
                 index.append(batch["index"])
-                for k, v in flat(teacher.teach(batch["x"], batch["y"])).items():
+                for k, v in teacher.teach(batch["x"], batch["y"]).tensors().items():
                     parts.setdefault(k, []).append(v.cpu())
         index = torch.cat(index)
         if not torch.equal(index.sort().values, torch.arange(len(dataset))):
@@ -168,33 +169,12 @@ class TeacherCache:
     def nbytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.store.values())
 
-    def teach_batch(self, batch: Dict) -> Dict:
+    def teach_batch(self, batch: Dict) -> Outputs:
         idx, device = batch["index"].cpu(), batch["x"].device
-        return unflat({k: v[idx].to(device) for k, v in self.store.items()})
+        return Outputs.from_tensors({k: v[idx].to(device) for k, v in self.store.items()})
 
 
-def flat(d: Dict, prefix: tuple = ()) -> Dict[tuple, torch.Tensor]:
-    """Nested dict of tensors -> {key path (tuple): tensor}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, prefix + (k,)))
-        elif torch.is_tensor(v):
-            out[prefix + (k,)] = v
-    return out
-
-
-def unflat(d: Dict[tuple, torch.Tensor]) -> Dict:
-    out: Dict = {}
-    for (*path, last), v in d.items():
-        node = out
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return out
-
-
-def teacher_outputs(teacher, batch: Dict) -> Optional[Dict]:
+def teacher_outputs(teacher, batch: Dict) -> Optional[Outputs]:
     """The frozen teacher's outputs for this batch: None without a teacher, looked up in a
     TeacherCache, or computed live."""
     if teacher is None:

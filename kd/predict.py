@@ -79,7 +79,7 @@ class Predictor(nn.Module):
             return torch.cat([self.fused(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
         ws = self.model["workspace"] if "workspace" in self.model else None
         mix = (lambda f: ws(f, None)[0]) if ws is not None else None
-        return torch.cat([self.model["student"](x[i:i + batch_size], mix=mix)["logits"]
+        return torch.cat([self.model["student"](x[i:i + batch_size], mix=mix).logits
                           for i in range(0, len(x), batch_size)])
 
     def predict(self, x, layout: str = "NCT") -> List[str]:

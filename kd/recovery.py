@@ -125,7 +125,7 @@ def student_tokens(distiller) -> TokenFn:
     """A student's own tokens (VQShape student) or its adapter tokens (CNN), signal only."""
     def fn(x, y):
         s_out, _ = distiller.student_forward(x, None)
-        return s_out["attr"]["t"], s_out["attr"]["l"], s_out["action_logits"]
+        return s_out.attr["t"], s_out.attr["l"], s_out.action_logits
     return fn
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.layers import MLP, Decoder, Encoder, check_finite_input, check_rank, entropy
+from kd.outputs import Outputs
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -388,7 +389,7 @@ class VQShape(nn.Module):
     """Signal-only VQShape with a classification head. `forward` -> dict; `losses` -> named terms."""
 
     min_len = 1 / 64
-    # what `teach` gives distillation (kd/contract.py; a test compares it with the real outputs)
+    # the Outputs fields `teach` fills (kd/contract.py; a test compares them with the real outputs)
     TEACH_OUTPUTS = frozenset({"logits", "attr", "code_dist", "code_idx", "shape_tokens", "features"})
     num_actions = 0        # size of the sub-action vocabulary its tokens are scored on (0: no action branch)
 
@@ -505,16 +506,16 @@ class VQShape(nn.Module):
         """Logits without any label text."""
         return self(x, keys="vocab", reconstruct=False)["logits"]
 
-    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, keys: str = "vocab") -> Dict[str, torch.Tensor]:
+    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, keys: str = "vocab") -> Outputs:
         """Outputs a student distils from, on the window's token grid G = C*N."""
         return self.teach_from(self(x, y, keys=keys, reconstruct=False), x.shape[0])
 
     @staticmethod
-    def teach_from(out: Dict[str, torch.Tensor], B: int) -> Dict[str, torch.Tensor]:
+    def teach_from(out: Dict[str, torch.Tensor], B: int) -> Outputs:
         attr = {k: fold_tokens(out[k], B) for k in ("z_e", "mu", "sigma", "t", "l")}
-        return {"logits": out["logits"], "attr": attr, "code_dist": fold_tokens(out["code_dist"], B),
-                "shape_tokens": out["shape_tokens"], "features": out["shape_tokens"].transpose(1, 2),
-                "code_idx": out["code_idx"].view(B, -1)}
+        return Outputs(logits=out["logits"], attr=attr, code_dist=fold_tokens(out["code_dist"], B),
+                       shape_tokens=out["shape_tokens"], features=out["shape_tokens"].transpose(1, 2),
+                       code_idx=out["code_idx"].view(B, -1))
 
     # -- losses --------------------------------------------------------------------------
     def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from students.adapter import TokenAdapter
 from kd.layers import check_finite_input, check_rank
+from kd.outputs import Outputs
 
 
 def same_conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:
@@ -26,7 +27,7 @@ class CNNStudent(nn.Module):
     """encode / decode split plus the engine's protocol. Subclasses build `self.body`
     (x [B, C, T] -> features [B, D, L]), set `feature_dim`, `strides` and `cfg`."""
 
-    # what distillation may read (kd/contract.py): forward as a student, `teach` as a teacher
+    # the Outputs fields distillation may read (kd/contract.py): forward as a student, `teach` as a teacher
     OUTPUTS = frozenset({"logits", "features"})
     TEACH_OUTPUTS = OUTPUTS | {"feature_tokens"}
     num_actions = 0        # a CNN has no action decoder of its own
@@ -51,11 +52,11 @@ class CNNStudent(nn.Module):
         check_rank(features, [None, self.feature_dim, None], name="features")
         return self.head(features.mean(dim=-1))
 
-    def forward(self, x: torch.Tensor, mix=None) -> Dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mix=None) -> Outputs:
         """mix: optional features -> features map applied before decode (the workspace read-out);
-        "features" are always the encoder's own."""
+        `features` are always the encoder's own."""
         features = self.encode(x)
-        return {"logits": self.decode(features if mix is None else mix(features)), "features": features}
+        return Outputs(logits=self.decode(features if mix is None else mix(features)), features=features)
 
     def feature_length(self, T: int) -> int:
         """Time steps L of the features for a T-sample window (each stride-s conv: ceil(L / s))."""
@@ -64,19 +65,19 @@ class CNNStudent(nn.Module):
         return T
 
     # -- the engine's protocol -------------------------------------------------------------
-    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Outputs:
         return self(batch["x"])
 
-    def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(out["logits"], y)}
+    def losses(self, out: Outputs, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"ce": F.cross_entropy(out.logits, y)}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x)["logits"]
+        return self(x).logits
 
-    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Outputs:
         """Outputs when this CNN is the teacher (labels unused: a CNN never reads text)."""
         out = self(x)
-        out["feature_tokens"] = out["features"].transpose(1, 2)             # (B, L, D): a workspace source
+        out.feature_tokens = out.features.transpose(1, 2)                   # (B, L, D): a workspace source
         return out
 
     def token_adapter(self, num_tokens: int, dim_code: int, input_length: int = 512) -> TokenAdapter:

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from kd.layers import MLP
+from kd.outputs import Outputs
 from kd.vqshape import VQShape, fold_tokens
 
 SHARED = ("dim_code", "num_code", "len_s", "num_token", "len_input")
@@ -16,7 +17,7 @@ SHARED = ("dim_code", "num_code", "len_s", "num_token", "len_input")
 class VQShapeStudent(VQShape):
     """A smaller VQShape; `adopt(teacher)` copies and freezes the shared parts."""
 
-    # what forward gives distillation (kd/contract.py); + action_logits with the teacher's action decoder
+    # the Outputs fields forward fills (kd/contract.py); + action_logits with the teacher's action decoder
     OUTPUTS = frozenset({"logits", "features", "attr", "code_dist"})
 
     def __init__(self, cfg, num_channels: int, num_classes: int, num_actions: int = 0, action_hidden: int = 64,
@@ -59,18 +60,25 @@ class VQShapeStudent(VQShape):
             part.load_state_dict(getattr(teacher, name).state_dict())
             part.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, keys: str = "vocab",
-                reconstruct: bool = True, mix=None) -> Dict[str, torch.Tensor]:
-        out = super().forward(x, y, keys, reconstruct, mix)
+    def forward(self, x: torch.Tensor, reconstruct: bool = True, mix=None) -> Outputs:
+        """Signal only (no labels, no text); the VQShape forward's own tensors go to `own`, what its
+        losses read."""
+        own = super().forward(x, None, "vocab", reconstruct, mix)
         B = x.shape[0]
-        out["attr"] = {k: fold_tokens(out[k], B) for k in ("z_e", "mu", "sigma", "t", "l")}
-        out["code_dist"] = fold_tokens(out["code_dist"], B)
-        if self.action_decoder is not None:
-            out["action_logits"] = fold_tokens(self.action_decoder(out["z_q"]), B)
-        return out
+        return Outputs(logits=own["logits"], features=own["features"],
+                       attr={k: fold_tokens(own[k], B) for k in ("z_e", "mu", "sigma", "t", "l")},
+                       code_dist=fold_tokens(own["code_dist"], B),
+                       action_logits=None if self.action_decoder is None else
+                       fold_tokens(self.action_decoder(own["z_q"]), B), own=own)
 
-    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Outputs:
         return self(batch["x"])
+
+    def losses(self, out: Outputs, y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:
+        return super().losses(out.own, y, supervised)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x, reconstruct=False).logits
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -169,8 +169,8 @@ class MMVQShape(VQShape):
         keys = keys or self.fusion.teach_keys
         out = self(x, y, keys=keys, reconstruct=False)
         t = self.teach_from(out, x.shape[0])
-        t["action_logits"] = fold_tokens(out["action_logits"], x.shape[0])
-        t["action_tokens"] = out["action_tokens"]                            # (B, Kp, d), zeros at padding
+        t.action_logits = fold_tokens(out["action_logits"], x.shape[0])
+        t.action_tokens = out["action_tokens"]                              # (B, Kp, d), zeros at padding
         return t
 
     def fuse(self, h: torch.Tensor, batch: int, y: Optional[torch.Tensor], keys: str) -> Dict[str, torch.Tensor]:

@@ -46,7 +46,7 @@ def test_fused_student_equals_eager(name, T):
     model = trained_like(VARIANTS[name]())
     x = torch.randn(3, 6, T) * 2
     with torch.no_grad():
-        ref = model(x)["logits"]
+        ref = model(x).logits
     out = FusedCNN(model)(x)
     assert out.shape == ref.shape == (3, 7)
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
@@ -58,8 +58,8 @@ def test_fused_student_with_prior_readout_equals_eager(name):
     ws = workspace_for(model)
     x = torch.randn(4, 6, 512)
     with torch.no_grad():
-        plain = model(x)["logits"]
-        ref = model(x, mix=lambda f: ws(f, None)[0])["logits"]
+        plain = model(x).logits
+        ref = model(x, mix=lambda f: ws(f, None)[0]).logits
     assert (ref - plain).abs().max() > 1e-2                       # the read-out changes the answer
     torch.testing.assert_close(FusedCNN(model, ws.prior_readout())(x), ref, atol=ATOL, rtol=0)
 
@@ -129,7 +129,7 @@ def test_moving_the_fused_form_moves_every_step():
     fused = FusedCNN(model, ws.prior_readout()).double()
     x = torch.randn(2, 6, 512, dtype=torch.float64)
     with torch.no_grad():
-        ref = model.double()(x, mix=lambda f: ws.double()(f, None)[0])["logits"]
+        ref = model.double()(x, mix=lambda f: ws.double()(f, None)[0]).logits
     out = fused(x)
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)          # folded in float32, then cast

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.config import LossConfig
+from kd.outputs import Outputs
 from kd.losses import (LOSSES, action_kl_loss, attr_loss, build_loss, code_kl_loss,
                        feature_hint_loss, logit_kd_loss, sp_loss)
 
@@ -25,18 +26,18 @@ def softmax(x):
 
 
 def fake_out(dims, seed, dtype=torch.float32, grad=False):
-    """One model's output dict as the loss modules read it."""
+    """One model's outputs as the loss modules read them."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g) * scale).to(dtype).requires_grad_(grad)
-    return {"logits": r(B, N_CLS, scale=3.0),
-            "attr": {"z_e": r(B, G, DC), **{a: r(B, G, 1) for a in ATTR[1:]}},
-            "code_dist": (torch.rand(B, G, K, generator=g) * 4).to(dtype).requires_grad_(grad),
-            "action_logits": r(B, G, M, scale=2.0),
-            "features": r(B, dims["feature_dim"], dims["feature_len"])}
+    return Outputs(logits=r(B, N_CLS, scale=3.0),
+                   attr={"z_e": r(B, G, DC), **{a: r(B, G, 1) for a in ATTR[1:]}},
+                   code_dist=(torch.rand(B, G, K, generator=g) * 4).to(dtype).requires_grad_(grad),
+                   action_logits=r(B, G, M, scale=2.0),
+                   features=r(B, dims["feature_dim"], dims["feature_len"]))
 
 
 def leaves(out):
-    return [v for k, v in out.items() if k != "attr"] + list(out["attr"].values())
+    return list(out.tensors().values())
 
 
 def cfg_for(name, weight=1.0):
@@ -154,7 +155,8 @@ def test_feature_hint_identity_projector_is_plain_mse():
     with torch.no_grad():
         m.proj.weight.copy_(torch.eye(4).unsqueeze(-1))
         m.proj.bias.zero_()
-    assert m({"features": f}, {"features": g})["feature"].item() == pytest.approx(F.mse_loss(f, g).item(), rel=1e-6)
+    s_out, t_out = Outputs(f[:, 0, 0], features=f), Outputs(g[:, 0, 0], features=g)
+    assert m(s_out, t_out)["feature"].item() == pytest.approx(F.mse_loss(f, g).item(), rel=1e-6)
 
 
 def test_feature_hint_interpolates_student_length_to_teacher():
@@ -213,7 +215,7 @@ def test_module_term_is_weighted_and_grads_reach_only_the_student(name):
     assert out1[name].item() > 0
     assert out3[name].item() == pytest.approx(3 * out1[name].item(), rel=1e-6)
     out3[name].backward()
-    s_used = [s_out[k] for k in LOSSES[name].requires if k != "attr"] or list(s_out["attr"].values())
+    s_used = [s_out.get(k) for k in LOSSES[name].requires if k != "attr"] or list(s_out.attr.values())
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in s_used)
     assert all(x.grad is None for x in leaves(t_out))                      # the teacher is detached
 
@@ -231,14 +233,14 @@ def test_pure_functions_compute_in_fp32_under_autocast():
     """bf16 inputs under bf16 autocast give the fp32 result of the same (upcast) inputs: no bf16 matmul/softmax."""
     s, t = fake_out(DIMS_T, 0, torch.bfloat16), fake_out(DIMS_T, 1, torch.bfloat16)
     calls = {
-        "logit_kd": lambda o, p: logit_kd_loss(o["logits"], p["logits"], 4.0),
-        "code_kl": lambda o, p: code_kl_loss(o["code_dist"], p["code_dist"], 0.1),
-        "action_kl": lambda o, p: action_kl_loss(o["action_logits"], p["action_logits"]),
-        "attr": lambda o, p: attr_loss(o["attr"], p["attr"], {a: 1.0 for a in ATTR}),
-        "feature": lambda o, p: feature_hint_loss(o["features"][..., :4], p["features"]),   # with interpolation
-        "sp": lambda o, p: sp_loss(o["features"], p["features"]),
+        "logit_kd": lambda o, p: logit_kd_loss(o.logits, p.logits, 4.0),
+        "code_kl": lambda o, p: code_kl_loss(o.code_dist, p.code_dist, 0.1),
+        "action_kl": lambda o, p: action_kl_loss(o.action_logits, p.action_logits),
+        "attr": lambda o, p: attr_loss(o.attr, p.attr, {a: 1.0 for a in ATTR}),
+        "feature": lambda o, p: feature_hint_loss(o.features[..., :4], p.features),   # with interpolation
+        "sp": lambda o, p: sp_loss(o.features, p.features),
     }
-    up = lambda o: {k: ({a: x.float() for a, x in v.items()} if k == "attr" else v.float()) for k, v in o.items()}
+    up = lambda o: Outputs.from_tensors({k: v.float() for k, v in o.tensors().items()})
     for name, f in calls.items():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             v = f(s, t)

@@ -32,7 +32,7 @@ def test_shapes(factory, C):
     assert model.feature_dim == D and feats.shape == (2, D, L) and model.feature_length(512) == L
     assert model.decode(feats).shape == (2, 7)
     out = model(x)
-    assert out["logits"].shape == (2, 7) and out["features"].shape == (2, D, L)
+    assert out.logits.shape == (2, 7) and out.features.shape == (2, D, L)
     adapted = model.token_adapter(G, DC)(feats)
     assert adapted["tokens"].shape == (2, G, CFG.adapter_dim)
     assert adapted["z_e"].shape == (2, G, DC)
@@ -61,15 +61,15 @@ def test_decode_encode_round_trip_and_protocol(factory):
     model = make(factory).eval()
     x = torch.randn(4, 6, 512)
     out = model(x)
-    torch.testing.assert_close(model.decode(model.encode(x)), out["logits"])
-    torch.testing.assert_close(model.predict(x), out["logits"])
-    torch.testing.assert_close(model.fit_forward({"x": x, "y": torch.zeros(4)})["logits"], out["logits"])
+    torch.testing.assert_close(model.decode(model.encode(x)), out.logits)
+    torch.testing.assert_close(model.predict(x), out.logits)
+    torch.testing.assert_close(model.fit_forward({"x": x, "y": torch.zeros(4)}).logits, out.logits)
     taught = model.teach(x)
-    torch.testing.assert_close(taught["features"], out["features"])
+    torch.testing.assert_close(taught.features, out.features)
     y = torch.tensor([0, 1, 2, 3])
     terms = model.losses(out, y)
     assert set(terms) == {"ce"}
-    torch.testing.assert_close(terms["ce"], F.cross_entropy(out["logits"], y))
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(out.logits, y))
 
 
 @pytest.mark.parametrize("factory", list(MODELS), ids=lambda f: f.__name__)
@@ -77,7 +77,7 @@ def test_adapter_gradient_reaches_adapter_and_encoder_only(factory):
     model = make(factory)
     adapter = model.token_adapter(G, DC)
     out = model(torch.randn(3, 6, 512))
-    a = adapter(out["features"])
+    a = adapter(out.features)
     (a["z_e"].pow(2).mean() + a["t"].mean() + a["l"].mean() + a["mu"].mean() + a["sigma"].mean()).backward()
     for name, p in adapter.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name

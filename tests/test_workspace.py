@@ -142,5 +142,5 @@ def test_no_teacher_baseline_is_plain_cross_entropy(tiny_pair):
     batch = batch_of(splits.train)
     terms, logs = base(batch, None)
     assert set(terms) == {"ce"} and logs == {}
-    expected = torch.nn.functional.cross_entropy(base.model(batch["x"])["logits"], batch["y"])
+    expected = torch.nn.functional.cross_entropy(base.model(batch["x"]).logits, batch["y"])
     assert torch.allclose(terms["ce"], expected)

@@ -1,6 +1,7 @@
 """Distillation losses, one method per file: a pure `xxx_loss(...)` function plus a thin module whose
-`forward(s_out, t_out)` returns one named, already-weighted term. `requires` names the output keys a
-loss reads from BOTH the student and the teacher (checked at config load: kd/contract.py)."""
+`forward(s_out, t_out)` (two `kd.outputs.Outputs`) returns one named, already-weighted term. `requires`
+names the fields a loss reads from BOTH the student and the teacher (checked at config load:
+kd/contract.py)."""
 from __future__ import annotations
 
 from typing import Dict

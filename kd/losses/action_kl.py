@@ -23,4 +23,4 @@ class ActionKL(nn.Module):
         self.weight = float(cfg.weight)
 
     def forward(self, s_out, t_out):
-        return {"action_kl": self.weight * action_kl_loss(s_out["action_logits"], t_out["action_logits"])}
+        return {"action_kl": self.weight * action_kl_loss(s_out.action_logits, t_out.action_logits)}

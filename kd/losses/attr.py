@@ -48,4 +48,4 @@ class AttrKD(nn.Module):
                              "set kd.attr.weight=0 to switch it off")
 
     def forward(self, s_out, t_out):
-        return {"attr": self.weight * attr_loss(s_out["attr"], t_out["attr"], self.attr_weights)}
+        return {"attr": self.weight * attr_loss(s_out.attr, t_out.attr, self.attr_weights)}

@@ -25,4 +25,4 @@ class CodeKL(nn.Module):
         self.weight, self.tau = float(cfg.weight), float(cfg.temperature)
 
     def forward(self, s_out, t_out):
-        return {"code_kl": self.weight * code_kl_loss(s_out["code_dist"], t_out["code_dist"], self.tau)}
+        return {"code_kl": self.weight * code_kl_loss(s_out.code_dist, t_out.code_dist, self.tau)}

@@ -30,4 +30,4 @@ class FeatureHint(nn.Module):
         self.proj = nn.Conv1d(student_dims["feature_dim"], teacher_dims["feature_dim"], 1)   # learned regressor
 
     def forward(self, s_out, t_out):
-        return {"feature": self.weight * feature_hint_loss(self.proj(s_out["features"]), t_out["features"])}
+        return {"feature": self.weight * feature_hint_loss(self.proj(s_out.features), t_out.features)}

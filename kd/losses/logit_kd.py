@@ -25,4 +25,4 @@ class LogitKD(nn.Module):
         self.weight, self.T = float(cfg.weight), float(cfg.temperature)
 
     def forward(self, s_out, t_out):
-        return {"logit_kd": self.weight * logit_kd_loss(s_out["logits"], t_out["logits"], self.T)}
+        return {"logit_kd": self.weight * logit_kd_loss(s_out.logits, t_out.logits, self.T)}

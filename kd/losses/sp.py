@@ -25,4 +25,4 @@ class SimilarityPreserving(nn.Module):
         self.weight = float(cfg.weight)
 
     def forward(self, s_out, t_out):
-        return {"sp": self.weight * sp_loss(s_out["features"], t_out["features"])}
+        return {"sp": self.weight * sp_loss(s_out.features, t_out.features)}
