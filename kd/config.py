@@ -6,6 +6,7 @@ keys, so a typo is an error that names the key.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -235,12 +236,27 @@ class StudentConfig:
 # --------------------------------------------------------------------------- distillation
 @dataclass
 class LossConfig:
-    """One KD loss. `weight` 0 disables it; `source` binds it to a workspace knowledge source."""
+    """One KD loss. `weight` 0 disables it; `source` binds it to a workspace knowledge source.
+    Each loss's section holds only the parameters that loss reads."""
     weight: float = 0.0
     source: Optional[str] = None      # None: an "other" term, weighted by `weight` alone
-    temperature: float = 4.0          # logit_kd: T; code_kl: tau
+
+
+@dataclass
+class TemperatureLossConfig(LossConfig):
+    temperature: float = 4.0          # logit_kd: T of the softened class distributions; code_kl: tau
+
+
+@dataclass
+class AttrLossConfig(LossConfig):
     attr_weights: Dict[str, float] = field(default_factory=lambda: {
         "z_e": 1.0, "mu": 1.0, "sigma": 1.0, "t": 1.0, "l": 1.0})
+
+
+# Parameters every KD loss section carried before each loss held only its own; they had no effect on
+# the losses that do not read them, so a saved config's copies are dropped when it is read back.
+RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
+ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
 
 
 @dataclass
@@ -276,9 +292,9 @@ class KDConfig:
     sources: List[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     extra_teachers: List[ExtraTeacherConfig] = field(default_factory=list)   # several teachers
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
-    logit_kd: LossConfig = field(default_factory=lambda: LossConfig(weight=1.0, source="shape"))
-    attr: LossConfig = field(default_factory=LossConfig)
-    code_kl: LossConfig = field(default_factory=lambda: LossConfig(temperature=1.0))
+    logit_kd: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(weight=1.0, source="shape"))
+    attr: AttrLossConfig = field(default_factory=AttrLossConfig)
+    code_kl: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(temperature=1.0))
     action_kl: LossConfig = field(default_factory=LossConfig)
     feature: LossConfig = field(default_factory=LossConfig)
     sp: LossConfig = field(default_factory=LossConfig)
@@ -462,6 +478,15 @@ def check_kd(kd: DictConfig, source_names: List[str]) -> None:
         if c.weight > 0 and c.source is not None and c.source not in source_names:
             raise ConfigError(f"kd.{name}.source={c.source!r} is not one of kd.sources {source_names}; "
                               f"add a source named {c.source!r} to kd.sources or change kd.{name}.source")
+        if c.weight > 0 and "temperature" in c and c.temperature <= 0:
+            raise ConfigError(f"kd.{name}.temperature={c.temperature} must be > 0")
+    if kd.attr.weight > 0:
+        unknown = sorted(set(kd.attr.attr_weights) - set(ATTRIBUTES))
+        if unknown:
+            raise ConfigError(f"kd.attr.attr_weights has unknown attributes {unknown}; valid: {list(ATTRIBUTES)}")
+        if not any(kd.attr.attr_weights.values()):
+            raise ConfigError("kd.attr.attr_weights are all 0, so kd.attr would add nothing; set kd.attr.weight=0 "
+                              "to switch it off")
     if kd.coef == "dynamic" and not kd.workspace.enabled:
         raise ConfigError("kd.coef=dynamic takes its coefficients from the workspace: set "
                           "kd.workspace.enabled=true, or use kd.coef=fixed")
@@ -472,7 +497,15 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def config_from_dict(d: Dict[str, Any]) -> DictConfig:
-    """Rebuild a validated config from a saved (resolved) dict, e.g. one stored with a checkpoint."""
+    """Rebuild a validated config from a saved (resolved) dict, e.g. one stored with a checkpoint or a
+    run's config.yaml (RETIRED_LOSS_KEYS a loss does not read are dropped)."""
+    d = copy.deepcopy(d)
+    schema = KDConfig()
+    for name, section in (d.get("kd") or {}).items():
+        if name in KD_LOSS_KEYS and isinstance(section, dict):
+            for key in RETIRED_LOSS_KEYS:
+                if not hasattr(getattr(schema, name), key):
+                    section.pop(key, None)
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
     validate_config(cfg)
     return cfg

@@ -450,7 +450,7 @@ def check_study_file(spec, root: Path) -> None:
         return
     old = OmegaConf.to_container(OmegaConf.load(saved))
     new = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(spec)))
-    for key in ("parallel", "seeds", "teachers_root"):
+    for key in ("parallel", "seeds", "teachers_root", "root"):       # root: where this file is
         old.pop(key, None)
         new.pop(key, None)
     if old != new:

@@ -14,9 +14,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from accelerate import PartialState
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from kd.config import load_config
+from kd.config import config_from_dict
 from kd.data import Splits, build_splits
 from kd.pipeline import end_processes, load_teacher, teacher_dir, test_report
 from kd.predict import Predictor
@@ -24,7 +24,7 @@ from kd.predict import Predictor
 
 def load_run(run_dir: Path) -> Tuple[DictConfig, Splits]:
     """A finished distill.py run's resolved config and its data splits."""
-    cfg = load_config(Path(run_dir) / "config.yaml")
+    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(Path(run_dir) / "config.yaml")))
     return cfg, build_splits(cfg.data)
 
 

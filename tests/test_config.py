@@ -35,6 +35,12 @@ def test_overrides_and_required_keys():
     ("kd.attr.source=shapes", r"kd.attr.source='shapes' is not one of kd.sources \['shape', 'action'\]; add"),
     ("kd.workspace.enabled=false", "kd.coef=dynamic takes its coefficients from the workspace"),
     ("train.teacher_ssl_epochs=2 teacher.arch=wrn16_3", "needs a VQShape teacher"),
+    # each loss holds only its own parameters, checked at load (not when the student stage builds it)
+    ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
+    ("kd.sp.attr_weights.mu=1", "unknown config key 'kd.sp.attr_weights'"),
+    ("kd.logit_kd.temperature=0", r"kd.logit_kd.temperature=0.0 must be > 0"),
+    ("kd.attr.attr_weights.sgima=1", r"kd.attr.attr_weights has unknown attributes \['sgima'\]"),
+    (" ".join(f"kd.attr.attr_weights.{a}=0" for a in ("z_e", "mu", "sigma", "t", "l")), "attr_weights are all 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -69,3 +75,21 @@ def test_the_window_length_has_one_source():
         load_config(overrides=["data.length=100"])
     assert load_config(overrides=["data.length=100", "teacher.arch=wrn16_3",
                                   "teacher.text_guidance=false"]).data.length == 100   # no VQShape: any length
+
+
+def test_a_config_saved_when_every_loss_carried_every_parameter_reads_back():
+    """Before each loss section held only its own parameters, every one carried a temperature and
+    attribute weights that it never read; a run's saved config.yaml from then still loads, unchanged."""
+    from omegaconf import OmegaConf
+    from kd.config import comparable, config_from_dict
+    cfg = load_config("configs/default.yaml")
+    old = OmegaConf.to_container(cfg, resolve=True)
+    every = {"z_e": 1.0, "mu": 1.0, "sigma": 1.0, "t": 1.0, "l": 1.0}
+    for name in ("attr", "action_kl", "feature", "sp"):
+        old["kd"][name]["temperature"] = 4.0
+    for name in ("logit_kd", "code_kl", "action_kl", "feature", "sp"):
+        old["kd"][name]["attr_weights"] = dict(every)
+    assert comparable(config_from_dict(old)) == comparable(cfg)
+    old["kd"]["logit_kd"]["tempreature"] = 4.0                         # a key that never existed still fails
+    with pytest.raises(Exception, match="tempreature"):
+        config_from_dict(old)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.config import LossConfig
+from kd.config import AttrLossConfig, LossConfig, TemperatureLossConfig
 from kd.outputs import Outputs
 from kd.losses import (LOSSES, action_kl_loss, attr_loss, build_loss, code_kl_loss,
                        feature_hint_loss, logit_kd_loss, sp_loss)
@@ -41,7 +41,11 @@ def leaves(out):
 
 
 def cfg_for(name, weight=1.0):
-    return LossConfig(weight=weight, temperature=2.0 if name == "logit_kd" else 0.5)
+    if name == "attr":
+        return AttrLossConfig(weight=weight)
+    if name in ("logit_kd", "code_kl"):
+        return TemperatureLossConfig(weight=weight, temperature=2.0 if name == "logit_kd" else 0.5)
+    return LossConfig(weight=weight)
 
 
 # --------------------------------------------------------------------------- logit KD
@@ -81,7 +85,7 @@ def test_logit_kd_rejects_mismatched_classes_and_bad_temperature():
     with pytest.raises(ValueError, match="logit_kd: student logits"):
         logit_kd_loss(torch.zeros(2, 3), torch.zeros(2, 4), 1.0)
     with pytest.raises(ValueError, match="temperature=0"):
-        build_loss("logit_kd", LossConfig(weight=1.0, temperature=0.0), {}, {})
+        build_loss("logit_kd", TemperatureLossConfig(weight=1.0, temperature=0.0), {}, {})
 
 
 # --------------------------------------------------------------------------- code / action KL
@@ -137,9 +141,9 @@ def test_attr_errors_name_what_to_fix():
     with pytest.raises(ValueError, match=r"unknown attributes \['zz'\]; valid: \['z_e', 'mu', 'sigma', 't', 'l'\]"):
         attr_loss(s, s, {"zz": 1.0})
     with pytest.raises(ValueError, match="unknown attributes"):            # at construction, before training
-        build_loss("attr", LossConfig(weight=1.0, attr_weights={"mu": 1.0, "sgima": 1.0}), {}, {})
+        build_loss("attr", AttrLossConfig(weight=1.0, attr_weights={"mu": 1.0, "sgima": 1.0}), {}, {})
     with pytest.raises(ValueError, match="all 0"):
-        build_loss("attr", LossConfig(weight=1.0, attr_weights={a: 0.0 for a in ATTR}), {}, {})
+        build_loss("attr", AttrLossConfig(weight=1.0, attr_weights={a: 0.0 for a in ATTR}), {}, {})
     with pytest.raises(ValueError, match="teacher attributes lack 'l'"):
         attr_loss(s, {a: s[a] for a in ATTR[:-1]}, {"l": 1.0})
     with pytest.raises(ValueError, match="student mu"):

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
+from kd.config import ATTRIBUTES
 
 
 def check_attr_weights(weights: Dict[str, float]) -> None:
