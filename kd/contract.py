@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import FrozenSet, Iterable
+from typing import FrozenSet, Iterable, Optional
 
 from kd.config import ConfigError, KD_LOSS_KEYS
 from kd.outputs import TOKEN_OUTPUTS
@@ -36,15 +36,27 @@ def student_outputs(arch: str, teacher_keys: Iterable[str]) -> FrozenSet[str]:
     return frozenset(own)
 
 
-def extra_teacher_outputs(name: str, checkpoint: str):
-    """'<name>/<key>' for every output of an extra teacher, read from its checkpoint's metadata."""
+# Losses on the teacher's token space: a CNN student reaches it through an adapter onto the main
+# teacher's frozen codebook and action decoder, so these read the main teacher only.
+TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
+
+
+def loss_teacher(kd_cfg, loss: str) -> Optional[str]:
+    """The extra teacher a KD loss reads: the one whose tokens its source reads (None: the main teacher)."""
+    src = kd_cfg[loss].source
+    tokens = next((s.tokens for s in kd_cfg.sources if s.name == src), "")
+    return tokens.split("/", 1)[0] if "/" in tokens else None
+
+
+def extra_teacher_outputs(name: str, checkpoint: str) -> FrozenSet[str]:
+    """The fields an extra teacher's `teach` fills, read from its checkpoint's metadata."""
     from kd.config import config_from_dict
     meta_file = Path(checkpoint) / "meta.json"
     if not (Path(checkpoint) / "model.safetensors").is_file() or not meta_file.is_file():
         raise ConfigError(f"kd.extra_teachers {name!r}: no teacher checkpoint at {checkpoint!r}; train it first "
                           f"(distill.py stage=teacher run_dir=...) and give its <run_dir>/teacher")
     saved = config_from_dict(json.loads(meta_file.read_text())["config"])
-    return {f"{name}/{k}" for k in teacher_outputs(saved.teacher)}
+    return teacher_outputs(saved.teacher)
 
 
 def check_outputs(names: Iterable[str], student_keys: Iterable[str], teacher_keys: Iterable[str],
@@ -73,14 +85,25 @@ def check_pairing(cfg) -> None:
     A teacher-only run (stage=teacher) distils nothing, so its kd settings are not held to its teacher."""
     if cfg.teacher.arch == "none" or cfg.stage == "teacher":
         return
-    t_keys = set(teacher_outputs(cfg.teacher))
-    s_keys = student_outputs(cfg.student.arch, t_keys)
-    for extra in cfg.kd.extra_teachers:
-        t_keys |= extra_teacher_outputs(extra.name, extra.checkpoint)
+    main = set(teacher_outputs(cfg.teacher))
+    s_keys = student_outputs(cfg.student.arch, main)
+    extras = {e.name: extra_teacher_outputs(e.name, e.checkpoint) for e in cfg.kd.extra_teachers}
     if cfg.kd.workspace.enabled:
-        tokens = sorted(k for k in t_keys if k.split("/")[-1] in TOKEN_OUTPUTS)
+        tokens = sorted([k for k in main if k in TOKEN_OUTPUTS] +
+                        [f"{n}/{k}" for n, keys in extras.items() for k in keys if k in TOKEN_OUTPUTS])
         for i, src in enumerate(cfg.kd.sources):
             if src.tokens not in tokens:
                 raise ConfigError(f"kd.sources[{i}] ({src.name!r}) reads teacher output {src.tokens!r}, which "
                                   f"{describe_teacher(cfg.teacher)} does not produce; token outputs it has: {tokens}")
-    check_outputs([n for n in KD_LOSS_KEYS if cfg.kd[n].weight > 0], s_keys, t_keys, describe_teacher(cfg.teacher))
+    for name in (n for n in KD_LOSS_KEYS if cfg.kd[n].weight > 0):
+        who = loss_teacher(cfg.kd, name)
+        if who is None:
+            check_outputs([name], s_keys, main, describe_teacher(cfg.teacher))
+            continue
+        if who not in extras:
+            raise ConfigError(f"kd.{name}.source={cfg.kd[name].source!r} reads teacher {who!r}, which is not in "
+                              f"kd.extra_teachers {sorted(extras)}")
+        if name in TOKEN_LOSSES:
+            raise ConfigError(f"kd.{name} reads the main teacher's token space; bind it to a source of the main "
+                              f"teacher (kd.{name}.source), not to extra teacher {who!r}")
+        check_outputs([name], s_keys, extras[who], f"kd.extra_teachers {who!r}")

@@ -14,12 +14,12 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from kd.contract import TOKEN_LOSSES, loss_teacher
 from kd.losses import LOSSES, build_loss
 from kd.outputs import Outputs
 from kd.workspace import Workspace, dynamic_coefficients
 
 KD_LOSSES = tuple(LOSSES)            # every KD loss the config can switch on
-TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
 
 
 # VQShape's own terms: the self-supervised phase of a teacher trains on these only.
@@ -46,7 +46,7 @@ class OwnLossTask(nn.Module):
 
 class TeacherGroup(nn.Module):
     """The main teacher plus further frozen teachers (kd.extra_teachers). `teach` returns the main
-    teacher's outputs, with each extra teacher's tensors in `extra` as '<name>/<field>' (knowledge sources)."""
+    teacher's outputs, with each extra teacher's in `extra[name]` (knowledge sources, read as '<name>/<field>')."""
 
     def __init__(self, main: nn.Module, extras: Dict[str, nn.Module]):
         super().__init__()
@@ -54,8 +54,7 @@ class TeacherGroup(nn.Module):
 
     def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Outputs:
         out = self.main.teach(x, y)
-        for name, teacher in self.extras.items():
-            out.extra.update({f"{name}/{k}": v for k, v in teacher.teach(x, y).tensors().items() if "." not in k})
+        out.extra = {name: teacher.teach(x, y) for name, teacher in self.extras.items()}
         return out
 
     def train(self, mode: bool = True):
@@ -85,6 +84,11 @@ class FrozenTokenSpace(nn.Module):
         return super().train(False)                                          # frozen: always eval
 
 
+def feature_dims(out: Outputs) -> Dict[str, int]:
+    """{"feature_dim": D, "feature_len": L} of a model's features (what a feature hint projects)."""
+    return {} if out.features is None else {"feature_dim": out.features.shape[1], "feature_len": out.features.shape[2]}
+
+
 def enabled_losses(kd_cfg) -> Dict:
     return {name: kd_cfg[name] for name in KD_LOSSES if kd_cfg[name].weight > 0}
 
@@ -106,10 +110,10 @@ class Distiller(nn.Module):
             G, dc = t_out.attr["z_e"].shape[1:]
             self.adapter = student.token_adapter(G, dc)
             self.tokens = FrozenTokenSpace(teacher)
-        s_dims = {"feature_dim": s_out.features.shape[1], "feature_len": s_out.features.shape[2]}
-        t_dims = {"feature_dim": t_out.features.shape[1], "feature_len": t_out.features.shape[2]} \
-            if t_out.features is not None else {}
-        self.losses = nn.ModuleDict({n: build_loss(n, c, s_dims, t_dims) for n, c in self.loss_cfg.items()})
+        # a loss bound to a source reads the teacher that gives the source's tokens (None: the main one)
+        self.teacher_of = {n: loss_teacher(kd_cfg, n) for n in self.loss_cfg}
+        self.losses = nn.ModuleDict({n: build_loss(n, c, feature_dims(s_out), feature_dims(self.of(t_out, n)))
+                                     for n, c in self.loss_cfg.items()})
         self.source_names = [s.name for s in kd_cfg.sources]
         self.workspace = self.build_workspace(s_out, t_out) if kd_cfg.workspace.enabled else None
 
@@ -167,12 +171,16 @@ class Distiller(nn.Module):
         terms = {"ce": (1 - alpha) * own.pop("ce"), **own}
         coef, logs, align = self.coefficients(info)
         for name, loss in self.losses.items():
-            value = loss(s_out, t_out)[name]
+            value = loss(s_out, self.of(t_out, name))[name]
             src = self.loss_cfg[name].source
             terms[name] = alpha * coef[src].to(value) * value if src is not None else value
         if align is not None:
             terms["align"] = self.kd_cfg.workspace.lambda_align * align
         return terms, logs
+
+    def of(self, t_out: Outputs, loss: str) -> Outputs:
+        """The outputs of the teacher `loss` reads."""
+        return t_out if self.teacher_of[loss] is None else t_out.extra[self.teacher_of[loss]]
 
     def has_action_tokens(self) -> bool:
         """True when the student's tokens carry sub-action logits (own or through the adapter)."""

@@ -30,20 +30,22 @@ class Outputs:
     shape_tokens: Optional[Tensor] = None          # (B, G, d) re-encoded shape tokens (a knowledge source)
     action_tokens: Optional[Tensor] = None         # (B, K_pad, d) quantised text-query tokens, zeros at padding (a source)
     feature_tokens: Optional[Tensor] = None        # (B, L, D) a CNN teacher's feature map as tokens (a source)
-    # further teachers' outputs as '<teacher name>/<field>' (kd.extra_teachers: knowledge sources)
-    extra: Dict[str, Tensor] = field(default_factory=dict)
+    # further teachers' outputs by teacher name (kd.extra_teachers); '<name>/<field>' reads one
+    extra: Dict[str, "Outputs"] = field(default_factory=dict)
     # what only the model's own losses read (a VQShape student's reconstructions, codebook terms, ...)
     own: Dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def provided(self) -> FrozenSet[str]:
-        """The KD fields this output fills, with the extra teachers' '<name>/<field>' keys."""
+        """The KD fields this output fills, with the extra teachers' as '<name>/<field>'."""
         return frozenset(f.name for f in fields(self) if f.name not in ("extra", "own")
-                         and getattr(self, f.name) is not None) | frozenset(self.extra)
+                         and getattr(self, f.name) is not None) | \
+            frozenset(f"{n}/{k}" for n, o in self.extra.items() for k in o.provided())
 
     def get(self, name: str) -> Tensor:
-        """A field, or an extra teacher's output by its '<name>/<field>' key (a knowledge source)."""
+        """A field, or an extra teacher's field as '<name>/<field>' (a knowledge source)."""
         if "/" in name:
-            return self.extra[name]
+            teacher, key = name.split("/", 1)
+            return self.extra[teacher].get(key)
         value = getattr(self, name)
         if value is None:
             raise KeyError(f"this model's outputs have no {name!r} (it provides {sorted(self.provided())})")
@@ -52,7 +54,7 @@ class Outputs:
     def tensors(self) -> Dict[str, Tensor]:
         """Every KD tensor by key ('attr.z_e' for an attribute, '<name>/<field>' for an extra teacher);
         `from_tensors` inverts it. The model-private `own` tensors are left out."""
-        out = {k: v for k, v in self.extra.items()}
+        out = {f"{n}/{k}": v for n, o in self.extra.items() for k, v in o.tensors().items()}
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ("extra", "own") or v is None:
@@ -63,8 +65,11 @@ class Outputs:
     @classmethod
     def from_tensors(cls, d: Dict[str, Tensor]) -> "Outputs":
         plain = {k: v for k, v in d.items() if "." not in k and "/" not in k}
-        attr = {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("attr.")}
-        return cls(**plain, attr=attr or None, extra={k: v for k, v in d.items() if "/" in k})
+        attr = {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith("attr.")}   # not an extra's attr
+        names = {k.split("/", 1)[0] for k in d if "/" in k}
+        extra = {n: cls.from_tensors({k.split("/", 1)[1]: v for k, v in d.items() if k.startswith(n + "/")})
+                 for n in names}
+        return cls(**plain, attr=attr or None, extra=extra)
 
 
 FIELDS = tuple(f.name for f in fields(Outputs) if f.name not in ("extra", "own"))

@@ -135,6 +135,17 @@ def test_several_teachers_as_knowledge_sources(tmp_path, text_cache):
     assert all(torch.equal(before[k], after[k]) for k in before)
     meta = json.loads((run_dir / "student" / "meta.json").read_text())
     assert [s[0] for s in meta["workspace"]["sources"]] == ["shape", "action", "wrn"]
+    # a loss bound to the WRN's source reads the WRN (tests/test_workspace.py); one it cannot read fails at load
+    from kd.config import ConfigError, load_config
+    base = ["kd.workspace.prior_prob=0.0", sources, f"kd.extra_teachers=[{{name: wrn, checkpoint: {ckpt}}}]"]
+    load_config("configs/synthetic_smoke.yaml", [*base, "kd.sp.weight=1.0", "kd.sp.source=wrn"])
+    with pytest.raises(ConfigError, match="kd.attr reads the main teacher's token space; bind it to a source of"):
+        load_config("configs/synthetic_smoke.yaml", [*base, "kd.attr.source=wrn"])
+    with pytest.raises(ConfigError, match=r"kd.sp.source='x' reads teacher 'cnn', which is not in kd.extra_teachers"):
+        load_config("configs/synthetic_smoke.yaml", [*base, "kd.workspace.enabled=false", "kd.coef=fixed",
+                                                     "kd.sources=[{name: x, tokens: cnn/feature_tokens}]",
+                                                     "kd.logit_kd.weight=0", "kd.attr.weight=0", "kd.code_kl.weight=0",
+                                                     "kd.action_kl.weight=0", "kd.sp.weight=1.0", "kd.sp.source=x"])
 
 
 def test_extra_teacher_errors_name_the_fix(tmp_path, text_cache):

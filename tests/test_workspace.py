@@ -144,3 +144,36 @@ def test_no_teacher_baseline_is_plain_cross_entropy(tiny_pair):
     assert set(terms) == {"ce"} and logs == {}
     expected = torch.nn.functional.cross_entropy(base.model(batch["x"]).logits, batch["y"])
     assert torch.allclose(terms["ce"], expected)
+
+
+def test_a_loss_bound_to_an_extra_teachers_source_reads_that_teacher(tiny_pair):
+    """kd.logit_kd.source names the source of a second teacher (a WRN-16-3): the term is the logit KD
+    against that teacher's logits, weighted by that source's coefficient, not the main teacher's."""
+    from omegaconf import OmegaConf
+    from kd.distiller import TeacherGroup
+    from kd.losses import logit_kd_loss
+    from kd.pipeline import build_distiller
+    from students import build_student
+    cfg, splits, teacher, _ = tiny_pair
+    cfg = copy.deepcopy(cfg)
+    from kd.config import SourceConfig
+    cfg.kd.sources.append(SourceConfig(name="wrn", tokens="wrn/feature_tokens"))
+    OmegaConf.update(cfg, "kd.logit_kd.source", "wrn")
+    OmegaConf.update(cfg, "kd.workspace.prior_prob", 0.0)
+    torch.manual_seed(1)
+    wrn = build_student("wrn16_3", cfg.teacher.cnn, None, splits.num_channels, len(splits.class_names)).eval()
+    group = TeacherGroup(teacher, {"wrn": wrn.requires_grad_(False)})
+    distiller = build_distiller(cfg, splits, teacher, group).train()
+    b = batch_of(splits.train)
+    with torch.no_grad():
+        t_out = group.teach(b["x"], b["y"])
+    assert torch.equal(t_out.get("wrn/logits"), wrn(b["x"]).logits) and "wrn/logits" in t_out.provided()
+    torch.manual_seed(3)
+    terms, logs = distiller(b, t_out)
+    torch.manual_seed(3)
+    s_out, _ = distiller.student_forward(b["x"], distiller.sources_for_step(t_out))
+    T, alpha = cfg.kd.logit_kd.temperature, cfg.kd.alpha
+    own = logit_kd_loss(s_out.logits, t_out.extra["wrn"].logits, T).item()
+    main = logit_kd_loss(s_out.logits, t_out.logits, T).item()
+    assert abs(own - main) > 1e-3                                          # the two teachers disagree
+    assert terms["logit_kd"].item() == pytest.approx(alpha * logs["coef_wrn"] * own, rel=1e-4)
