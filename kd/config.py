@@ -377,8 +377,11 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key and what to change."""
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Schema <- YAML file <- `key=value` overrides. Unknown keys and bad values raise ConfigError."""
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (),
+                extra_outputs: Optional[Dict[str, Any]] = None) -> DictConfig:
+    """Schema <- YAML file <- `key=value` overrides. Unknown keys and bad values raise ConfigError.
+    extra_outputs: {extra teacher name: the fields its `teach` fills}, for extra teachers not trained yet
+    (a cross-validated study checks its pairings first); others are read from their checkpoints."""
     cfg = OmegaConf.structured(RunConfig)
     try:
         if path is not None:
@@ -400,7 +403,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     derive_window_length(cfg, user_keys(path, overrides))
     validate_config(cfg)
     from kd.contract import check_pairing          # the models' declared outputs (imports the models)
-    check_pairing(cfg)
+    check_pairing(cfg, extra_outputs)
     return cfg
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import FrozenSet, Iterable, Optional
+from typing import Dict, FrozenSet, Iterable, Optional
 
 from kd.config import ConfigError, KD_LOSS_KEYS
 from kd.outputs import TOKEN_OUTPUTS
@@ -80,14 +80,16 @@ def describe_teacher(teacher_cfg) -> str:
     return f"teacher.arch={teacher_cfg.arch}"
 
 
-def check_pairing(cfg) -> None:
+def check_pairing(cfg, extra_outputs: Optional[Dict[str, FrozenSet[str]]] = None) -> None:
     """Every kd source and enabled KD loss against what the configured teacher(s) and student give.
     A teacher-only run (stage=teacher) distils nothing, so its kd settings are not held to its teacher."""
     if cfg.teacher.arch == "none" or cfg.stage == "teacher":
         return
     main = set(teacher_outputs(cfg.teacher))
     s_keys = student_outputs(cfg.student.arch, main)
-    extras = {e.name: extra_teacher_outputs(e.name, e.checkpoint) for e in cfg.kd.extra_teachers}
+    known = extra_outputs or {}
+    extras = {e.name: known[e.name] if e.name in known else extra_teacher_outputs(e.name, e.checkpoint)
+              for e in cfg.kd.extra_teachers}
     if cfg.kd.workspace.enabled:
         tokens = sorted([k for k in main if k in TOKEN_OUTPUTS] +
                         [f"{n}/{k}" for n, keys in extras.items() for k in keys if k in TOKEN_OUTPUTS])

@@ -10,7 +10,8 @@ plus overrides each), the reference they are compared to, the folds and the seed
    `val_subjects` subjects just before its test subjects (cyclically), taken from the training side;
    they choose each stage's checkpoint (train.select=best_val) and the test fold is never looked at;
 2. trains every distinct teacher once per fold (`stage=teacher`, seed `teacher_seed`) and reuses it
-   for every seed and every method that names the same teacher config;
+   for every seed and every method that names the same teacher config; a method's `extra_teachers`
+   (further knowledge sources, kd.extra_teachers) are trained per fold the same way;
 3. runs `distill.py` for every (method, fold, seed), `parallel` at a time with
    train.num_threads = CPUs // parallel each, so the cores are not oversubscribed;
 4. is resumable: a run whose results.json exists is never re-run; an interrupted run resumes
@@ -40,6 +41,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from kd.config import IGNORED_FOR_RERUN, ConfigError, comparable, config_diffs, config_from_dict, load_config
+from kd.contract import teacher_outputs
 from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, sign_flip_p, summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +56,18 @@ NOT_TEACHER_KEYS = ("run_dir", "seed", "stage", "resume", "overwrite", "student"
 
 
 @dataclass
+class TeacherSpec:
+    config: str = MISSING                                    # a pairing YAML whose teacher section is used
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
 class MethodSpec:
     config: str = MISSING                                    # a pairing YAML, e.g. configs/default.yaml
     overrides: List[str] = field(default_factory=list)      # key=value, as on distill.py's command line
+    # Further teachers (kd.extra_teachers), each trained once per fold like the main teacher (from its
+    # own pairing file's teacher section) and shared with every method naming the same teacher config.
+    extra_teachers: Dict[str, TeacherSpec] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,16 +135,46 @@ def check_study(spec) -> None:
         if "/" in name or not name:
             raise ConfigError(f"method name {name!r} must be non-empty and without '/'")
         bad = [o for o in m.overrides if o.split("=", 1)[0] in ("run_dir", "seed", "stage", "data.test_subjects",
-                                                              "data.val_subjects", "teacher.checkpoint")]
+                                                              "data.val_subjects", "teacher.checkpoint",
+                                                              "kd.extra_teachers")]
         if bad:
             raise ConfigError(f"method {name!r} sets {bad}; the study sets these per fold and seed")
-        method_config(spec, name)                      # a bad key or value fails here, before any run
+        cfg = method_config(spec, name)                # a bad key or value fails here, before any run
+        for t_name, t in m.extra_teachers.items():     # an extra teacher learns from the same windows
+            diff = [k for k, _, _ in config_diffs(comparable(teacher_config(spec, t).data, ()), comparable(cfg.data, ()))]
+            if diff:
+                raise ConfigError(f"method {name!r}: extra teacher {t_name!r} ({t.config}) reads other data than the "
+                                  f"method (data.{diff[0]}); give it the same data settings")
 
 
-def method_config(spec, name: str, extra: Sequence[str] = ()):
+def method_config(spec, name: str, extra: Sequence[str] = (), fold: int = 0):
+    """A method's run config; its extra teachers are the ones of `fold` (their outputs known from their
+    configs, so the pairing is checked before they are trained)."""
     m = spec.methods[name]
-    return load_config(ROOT / m.config if not Path(m.config).is_absolute() else m.config,
-                       [*spec.overrides, *m.overrides, *extra])
+    outputs = {n: teacher_outputs(teacher_config(spec, t).teacher) for n, t in m.extra_teachers.items()}
+    return load_config(resolve(m.config), [*spec.overrides, *m.overrides, *extra_teacher_args(spec, name, fold),
+                                           *extra], extra_outputs=outputs)
+
+
+def resolve(config: str) -> Path:
+    return ROOT / config if not Path(config).is_absolute() else Path(config)
+
+
+def teacher_config(spec, t: TeacherSpec):
+    """The config a (extra) teacher is trained with: its pairing file under the study's overrides."""
+    return load_config(resolve(t.config), [*spec.overrides, *t.overrides, "stage=teacher"])
+
+
+def teacher_dir_of(spec, cfg, f: int) -> Path:
+    return Path(spec.teachers_root) / f"{cfg.teacher.arch}_{teacher_key(cfg)}" / f"fold{f}"
+
+
+def extra_teacher_args(spec, name: str, f: int) -> List[str]:
+    """kd.extra_teachers of a method's fold-`f` run: each extra teacher's checkpoint of that fold."""
+    ex = spec.methods[name].extra_teachers
+    items = [f"{{name: {n}, checkpoint: {teacher_dir_of(spec, teacher_config(spec, t), f) / 'teacher'}}}"
+             for n, t in ex.items()]
+    return [f"kd.extra_teachers=[{', '.join(items)}]"] if items else []
 
 
 # ----------------------------------------------------------------------------- folds
@@ -173,7 +214,7 @@ class Run:
     args: List[str]
     fold: Dict[str, List[int]]    # the fold's test and validation subjects
     seed: int
-    needs: Optional[str] = None   # the teacher run this one reads
+    needs: List[str] = field(default_factory=list)   # the teacher runs this one reads
     config: Optional[Dict] = None  # the config a finished run must have (SAME_RUN_IGNORES left out)
 
 
@@ -186,38 +227,38 @@ def teacher_key(cfg) -> Optional[str]:
 
 
 def plan(spec, folds: List[Dict], threads: int) -> List[Run]:
-    root, troot = Path(spec.root), Path(spec.teachers_root)
+    root = Path(spec.root)
     common = [f"train.num_threads={threads}", "resume=true"]
     teachers, runs = {}, []
 
-    def run(name, rdir, m_name, own: List[str], fold, seed, needs=None, check=True) -> Run:
-        m = spec.methods[m_name]
-        config = comparable(method_config(spec, m_name, own), SAME_RUN_IGNORES) if check else None
-        return Run(name, rdir, ["--config", str(m.config), *spec.overrides, *m.overrides, *own], fold, seed, needs,
-                   config)
+    def teacher_run(config: str, overrides: List[str], cfg, f: int, split: List[str]) -> str:
+        """The fold-`f` run of the teacher `cfg` describes (one per distinct teacher config and fold)."""
+        tdir = teacher_dir_of(spec, cfg, f)
+        tname = f"teachers/{tdir.parent.name}/{tdir.name}"
+        if tname not in teachers:
+            # a teacher's directory is named by the hash of its config: no config check needed
+            teachers[tname] = Run(tname, tdir, ["--config", config, *spec.overrides, *overrides, *split,
+                                                f"run_dir={tdir}", f"seed={spec.teacher_seed}", "stage=teacher",
+                                                *common], folds[f], spec.teacher_seed)
+        return tname
 
-    for name in spec.methods:
+    for name, m in spec.methods.items():
         cfg = method_config(spec, name)
-        key = teacher_key(cfg)
         for f, fold in enumerate(folds):
             split = [f"data.test_subjects={fold['test']}", f"data.val_subjects={fold['val']}"]
-            tname = None
-            if key is not None:
-                tname = f"teachers/{cfg.teacher.arch}_{key}/fold{f}"
-                if tname not in teachers:
-                    tdir = troot / tname.split("/", 1)[1]
-                    # a teacher's directory is named by the hash of its config: no config check needed
-                    teachers[tname] = run(tname, tdir, name, [*split, f"run_dir={tdir}", f"seed={spec.teacher_seed}",
-                                                              "stage=teacher", *common], fold, spec.teacher_seed,
-                                          check=False)
+            main = teacher_run(str(m.config), list(m.overrides), cfg, f, split) if cfg.teacher.arch != "none" else None
+            needs = ([main] if main else []) + [teacher_run(str(t.config), list(t.overrides), teacher_config(spec, t),
+                                                            f, split) for t in m.extra_teachers.values()]
             for seed in spec.seeds:
                 rname = f"{name}/fold{f}_s{seed}"
                 rdir = root / rname
                 own = [*split, f"run_dir={rdir}", f"seed={seed}", *common]
-                if tname is not None:
-                    own += [f"teacher.checkpoint={teachers[tname].run_dir / 'teacher'}", "stage=student",
+                if main:
+                    own += [f"teacher.checkpoint={teachers[main].run_dir / 'teacher'}", "stage=student",
                             "train.baseline=false"]
-                runs.append(run(rname, rdir, name, own, fold, seed, tname))
+                config = comparable(method_config(spec, name, own, f), SAME_RUN_IGNORES)
+                runs.append(Run(rname, rdir, ["--config", str(m.config), *spec.overrides, *m.overrides,
+                                              *extra_teacher_args(spec, name, f), *own], fold, seed, needs, config))
     # seeds outermost: an interrupted study has whole paired seeds done first
     runs.sort(key=lambda r: (int(r.name.rsplit("_s", 1)[1]), r.name.split("/")[1], r.name))
     return list(teachers.values()) + runs
@@ -256,8 +297,9 @@ def execute(runs: List[Run], parallel: int, log=print) -> List[Tuple[str, str]]:
     failures: List[Tuple[str, str]] = []
 
     def one(run: Run) -> bool:
-        if run.needs is not None and not futures[run.needs].result():
-            failures.append((run.name, f"teacher {run.needs} failed"))
+        failed = [n for n in run.needs if not futures[n].result()]
+        if failed:
+            failures.append((run.name, f"teacher {failed[0]} failed"))
             return False
         if done(run):
             log(f"[skip] {run.name} (finished)")

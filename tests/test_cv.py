@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from kd import cv
 from kd.config import ConfigError
@@ -59,6 +60,12 @@ def test_study_mistakes_fail_at_load(tmp_path):
         cv.load_study(write_study(tmp_path, ok.replace("teacher.arch=none,", "seed=3, teacher.arch=none,")))
     with pytest.raises(ConfigError, match="lacks"):
         cv.load_study(write_study(tmp_path, ok.replace("name: tiny", "")))
+    other_data = ok.replace("kd: {config: configs/synthetic_smoke.yaml}", "kd: {config: configs/synthetic_smoke.yaml, "
+                            "extra_teachers: {wrn: {config: configs/wrn16_3_wrn16_1.yaml}}}")
+    with pytest.raises(ConfigError, match=r"extra teacher 'wrn' \(configs/wrn16_3_wrn16_1.yaml\) reads other data"):
+        cv.load_study(write_study(tmp_path, other_data))                 # watch windows beside synthetic ones
+    with pytest.raises(ConfigError, match=r"sets \['kd.extra_teachers=\[\]'\]"):
+        cv.load_study(write_study(tmp_path, ok.replace("teacher.arch=none,", "'kd.extra_teachers=[]', teacher.arch=none,")))
 
 
 def test_a_tiny_study_end_to_end(tmp_path, text_cache):
@@ -66,11 +73,25 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     overrides = "[" + ", ".join([*TINY, f"text.cache_dir={text_cache}"]) + "]"
     pairing = tmp_path / "pairing.yaml"                              # the distilled method's pairing file
     pairing.write_text((ROOT / "configs/synthetic_smoke.yaml").read_text())
-    path = write_study(tmp_path, STUDY.format(root=root, overrides=overrides).replace(
-        "kd: {config: configs/synthetic_smoke.yaml}", f"kd: {{config: {pairing}}}"))
+    # `multi` adds a WRN-16-3 as an extra teacher whose source the SP loss reads, trained once per fold too
+    multi = ('  multi: {config: configs/synthetic_smoke.yaml, extra_teachers: {wrn: {config: configs/wrn16_3_wrn16_1.yaml}},'
+             ' overrides: ["kd.sources=[{name: shape, tokens: shape_tokens}, {name: action, tokens: action_tokens}, '
+             '{name: wrn, tokens: wrn/feature_tokens}]", kd.sp.weight=1.0, kd.sp.source=wrn]}\n')
+    text = STUDY.format(root=root, overrides=overrides).replace(
+        "kd: {config: configs/synthetic_smoke.yaml}", f"kd: {{config: {pairing}}}")
+    path = write_study(tmp_path, text.replace("\nfolds: 2", "\n" + multi + "folds: 2"))
     rep = cv.main([str(path)])
-    teachers = sorted(p.name for p in (root / "teachers").glob("*/fold*") if p.is_dir())
-    assert teachers == ["fold0", "fold1"]                           # one teacher per fold, shared by both seeds
+    teachers = sorted(p.relative_to(root / "teachers").as_posix() for p in (root / "teachers").glob("*/fold*")
+                      if p.is_dir())
+    assert [t.split("_")[0] + t[-6:] for t in teachers] == ["vqshape/fold0", "vqshape/fold1", "wrn16/fold0",
+                                                            "wrn16/fold1"]    # one per teacher and fold, shared
+    for f in (0, 1):                                                # the extra teacher of the run's own fold
+        r = json.loads((root / "multi" / f"fold{f}_s1" / "results.json").read_text())
+        assert 0 <= r["extra_teachers"]["wrn"]["macro_f1"] <= 1
+        saved = (root / "multi" / f"fold{f}_s1" / "config.yaml").read_text()
+        wrn = next(t for t in teachers if t.startswith("wrn16_3") and t.endswith(f"fold{f}"))
+        assert f"{root / 'teachers' / wrn / 'teacher'}" in saved
+        assert list(OmegaConf.load(root / "teachers" / wrn / "config.yaml").data.test_subjects) == rep["folds"][f]["test"]
     assert rep["folds"] == [{"test": [0, 1, 2], "val": [5]}, {"test": [3, 4, 5], "val": [2]}]   # synthetic ids 0-5
     # the paired difference is computed from the runs' own results.json files
     score = {}
