@@ -10,9 +10,11 @@ def code_kl_loss(s_dist: torch.Tensor, t_dist: torch.Tensor, tau: float) -> torc
     if s_dist.shape != t_dist.shape:
         raise ValueError(f"code_kl: student code_dist {tuple(s_dist.shape)} and teacher code_dist "
                          f"{tuple(t_dist.shape)} differ; both must be (B, G, K) over the same codebook")
-    log_s = F.log_softmax(-s_dist.float() / tau, dim=-1)           # (B, G, K), fp32 even under autocast
-    log_t = F.log_softmax(-t_dist.detach().float() / tau, dim=-1)
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    # one scaling pass per side and a fused KL: 1.2-1.3x faster forward+backward than negate, divide and an
+    # explicit p_t * (log p_t - log p_s), same values (experiments/results/bench_code_kl.txt)
+    log_s = F.log_softmax(s_dist.float() * (-1.0 / tau), dim=-1)   # (B, G, K), fp32 even under autocast
+    log_t = F.log_softmax(t_dist.detach().float() * (-1.0 / tau), dim=-1)
+    return F.kl_div(log_s, log_t, reduction="sum", log_target=True) / (log_s.numel() // log_s.shape[-1])
 
 
 class CodeKL(nn.Module):
