@@ -151,6 +151,14 @@ class VQShapeConfig:
     # of the window (slot i on [i/N, i/N + 2/N]); "none" (official): every slot starts near t = 0.5,
     # l = 0.25, so at first every span reads the same subsequence.
     span_init: str = "none"
+    # Where the N spans may lie. "free" (official): each slot's (t, l) from its own sigmoid heads.
+    # "partition": the spans tile the window exactly, in slot order, with per-window lengths
+    # l = min_len + (1 - N min_len) softmax(length logits), t = the sum of the earlier lengths
+    # (coverage 1 by construction; needs span_init: none).
+    span_layout: str = "free"
+    # With code_input: subsequence, let gradients reach t and l through the subsequence the code, mu and
+    # sigma are read from (false: t, l detached there, as the official L_s target).
+    span_grad: bool = False
 
 
 @dataclass
@@ -369,6 +377,7 @@ VQSHAPE_CHOICES = {
     "head_input": ("attributes", "tokens"),
     "decoder_input": ("tokens", "spans", "span_overlap"),
     "span_init": ("none", "tiling"),
+    "span_layout": ("free", "partition"),
 }
 CHOICES.update({f"{side}.vqshape.{k}": v for side in ("teacher", "student") for k, v in VQSHAPE_CHOICES.items()})
 
@@ -444,6 +453,15 @@ def validate_config(cfg: DictConfig) -> None:
             if v.dim % v[f"{name}_heads"]:
                 raise ConfigError(f"{side}.vqshape.dim={v.dim} must be divisible by "
                                   f"{side}.vqshape.{name}_heads={v[f'{name}_heads']}")
+        if v.span_layout == "partition" and v.span_init != "none":
+            raise ConfigError(f"{side}.vqshape.span_layout=partition starts as the uniform tiling already: set "
+                              f"{side}.vqshape.span_init=none (it is {v.span_init!r})")
+        if v.span_layout == "partition" and v.num_token >= 64:
+            raise ConfigError(f"{side}.vqshape.span_layout=partition needs num_token < 64 (spans of at least "
+                              f"1/64 tiling the window), got {side}.vqshape.num_token={v.num_token}")
+        if v.span_grad and v.code_input != "subsequence":
+            raise ConfigError(f"{side}.vqshape.span_grad=true acts on the subsequence the code is read from: it "
+                              f"needs {side}.vqshape.code_input=subsequence (it is {v.code_input!r})")
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")

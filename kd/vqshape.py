@@ -96,6 +96,16 @@ def tiling_logits(n: int, min_len: float) -> torch.Tensor:
     return torch.stack([torch.logit((t / (1 - min_len)).clamp(0.01, 0.99)), torch.logit(l_frac)], dim=-1)
 
 
+def partition_spans(logits: torch.Tensor, min_len: float):
+    """Length logits (B', N, 1) -> spans that tile the window exactly, in slot order:
+    l_j = min_len + (1 - N min_len) softmax_j(logits), t_j = sum_{k<j} l_k. Equal logits give the
+    uniform tiling; a window moves its boundaries by changing the lengths (coverage is 1 by construction)."""
+    n = logits.shape[-2]
+    l = min_len + (1 - n * min_len) * torch.softmax(logits, dim=-2)
+    t = torch.cumsum(l, dim=-2) - l
+    return t, l
+
+
 def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*C, N, k) -> (B, C*N, k): one window's tokens, channel-major."""
     return t.reshape(batch, -1, t.shape[-1])
@@ -327,11 +337,16 @@ class AttributeHeads(nn.Module):
     """
 
     def __init__(self, dim: int, dim_code: int, min_len: float, code_input: str = "token", len_s: int = 128,
-                 span_offsets: Optional[torch.Tensor] = None):
+                 span_offsets: Optional[torch.Tensor] = None, span_layout: str = "free", span_grad: bool = False):
         super().__init__()
         if code_input not in ("token", "subsequence"):
             raise ValueError(f"code_input must be 'token' or 'subsequence', got {code_input!r}")
+        if span_layout not in ("free", "partition"):
+            raise ValueError(f"span_layout must be 'free' or 'partition', got {span_layout!r}")
+        if span_layout == "partition" and span_offsets is not None:
+            raise ValueError("span_layout='partition' starts as the uniform tiling already: use span_init='none'")
         self.min_len, self.code_input, self.len_s = min_len, code_input, len_s
+        self.span_layout, self.span_grad = span_layout, span_grad
         if code_input == "token":
             self.z_head = MLP(dim, dim_code, dim)
             self.mu_head = MLP(dim, 1, dim)
@@ -345,17 +360,23 @@ class AttributeHeads(nn.Module):
     def forward(self, h: torch.Tensor, h_z: Optional[torch.Tensor] = None,
                 x_n: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         logits = self.tl_head(h)
-        if self.span_offsets is not None:
-            logits = logits + self.span_offsets
-        tl = torch.sigmoid(logits)
-        t = tl[..., :1] * (1 - self.min_len)
-        l = tl[..., 1:] * (1 - t) + self.min_len
+        if self.span_layout == "partition":
+            t, l = partition_spans(logits[..., 1:], self.min_len)
+        else:
+            if self.span_offsets is not None:
+                logits = logits + self.span_offsets
+            tl = torch.sigmoid(logits)
+            t = tl[..., :1] * (1 - self.min_len)
+            l = tl[..., 1:] * (1 - t) + self.min_len
         if self.code_input == "token":
             return {"z_e": self.z_head(h if h_z is None else h_z), "t": t, "l": l,
                     "mu": self.mu_head(h), "sigma": F.softplus(self.sigma_head(h))}
         if x_n is None:
             raise ValueError("code_input='subsequence' needs the normalised series x_n")
-        sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)     # (B', N, len_s)
+        if self.span_grad:   # the code, mu and sigma change with where the span is: L_x moves spans to content
+            sub = extract_subsequence(x_n, t, l, self.len_s)                  # (B', N, len_s)
+        else:
+            sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)
         mu, sigma = row_stats(sub)
         return {"z_e": self.code_encoder((sub - mu) / sigma), "t": t, "l": l, "mu": mu, "sigma": sigma}
 
@@ -410,7 +431,11 @@ class VQShape(nn.Module):
         if cfg.span_init not in ("none", "tiling"):
             raise ValueError(f"span_init must be 'none' or 'tiling', got {cfg.span_init!r}")
         offsets = tiling_logits(cfg.num_token, self.min_len) if cfg.span_init == "tiling" else None
-        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets)
+        if cfg.span_layout == "partition" and cfg.num_token * self.min_len >= 1:
+            raise ValueError(f"span_layout='partition' needs num_token < {round(1 / self.min_len)} (spans of at "
+                             f"least 1/{round(1 / self.min_len)} tiling the window), got {cfg.num_token}")
+        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets,
+                                   cfg.span_layout, cfg.span_grad)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
                                       cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)

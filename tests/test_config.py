@@ -35,6 +35,10 @@ def test_overrides_and_required_keys():
     ("kd.attr.source=shapes", r"kd.attr.source='shapes' is not one of kd.sources \['shape', 'action'\]; add"),
     ("kd.workspace.enabled=false", "kd.coef=dynamic takes its coefficients from the workspace"),
     ("train.teacher_ssl_epochs=2 teacher.arch=wrn16_3", "needs a VQShape teacher"),
+    ("teacher.vqshape.span_layout=partition", "span_layout=partition starts as the uniform tiling.*span_init=none"),
+    ("teacher.vqshape.span_layout=partition teacher.vqshape.span_init=none teacher.vqshape.num_token=64",
+     "needs num_token < 64"),
+    ("teacher.vqshape.span_grad=true teacher.vqshape.code_input=token", "needs teacher.vqshape.code_input=subsequence"),
     # each loss holds only its own parameters, checked at load (not when the student stage builds it)
     ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
     ("kd.sp.attr_weights.mu=1", "unknown config key 'kd.sp.attr_weights'"),

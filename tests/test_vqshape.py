@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from kd.checkpoint import load_weights, read_checkpoint, save_model
 from kd.config import FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape, kl_rows, supcon_loss
-from kd.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence,
+from kd.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence, partition_spans,
                               instance_norm)
 
 TINY = dict(dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4,
@@ -571,3 +571,36 @@ def test_tiling_span_init_starts_the_slots_side_by_side():
     assert (out["t"] + out["l"])[0, -1, 0] > 0.99                          # the last slot reaches the end
     assert m.attr.span_offsets.requires_grad
     assert VQShape(tiny_cfg(), 1, 2).attr.span_offsets is None
+
+
+def test_partition_spans_tile_the_window_exactly_and_equal_logits_give_the_uniform_tiling():
+    torch.manual_seed(0)
+    t, l = partition_spans(torch.randn(3, 5, 1) * 3, 1 / 64)
+    assert torch.allclose(t[:, 0], torch.zeros(3, 1))
+    assert torch.allclose(t[:, 1:], (t + l)[:, :-1], atol=1e-6)             # each span starts where the last ends
+    assert torch.allclose((t + l)[:, -1], torch.ones(3, 1), atol=1e-6)       # and the last ends at the window's end
+    assert (l >= 1 / 64 - 1e-7).all()
+    t0, l0 = partition_spans(torch.zeros(1, 4, 1), 1 / 64)
+    assert torch.allclose(t0[0, :, 0], torch.tensor([0, 0.25, 0.5, 0.75])) and torch.allclose(l0, torch.full_like(l0, 0.25))
+
+
+def test_partition_layout_gives_per_window_spans_that_cover_every_step():
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(span_layout="partition", code_input="subsequence"), 1, 2).eval()
+    out = m(torch.randn(4, 1, 512), reconstruct=False)
+    assert torch.allclose((out["t"] + out["l"])[:, -1], torch.ones(4, 1), atol=1e-6)
+    assert out["t"][:, 1:].std(0).min() > 0                                  # the boundaries depend on the window
+    with pytest.raises(ValueError, match="span_init='none'"):
+        VQShape(tiny_cfg(span_layout="partition", span_init="tiling"), 1, 2)
+
+
+@pytest.mark.parametrize("span_grad", [False, True])
+def test_span_grad_decides_whether_the_code_moves_the_span(span_grad):
+    """code_input=subsequence: with span_grad the code z_e (and mu, sigma) is differentiable in t and l
+    through the subsequence it reads; without, the t/l head gets nothing from the code."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(code_input="subsequence", span_grad=span_grad), 1, 2).eval()
+    out = m(torch.randn(2, 1, 512), reconstruct=False)
+    (out["z_e"].sum() + out["mu"].sum() + out["sigma"].sum()).backward()
+    g = m.attr.tl_head[-1].weight.grad
+    assert (g is not None and g.abs().sum() > 0) == span_grad
