@@ -46,7 +46,8 @@ from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, sign_flip_
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("macro_f1", "accuracy")
-HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "shape_fit_r2", "recon_r2", "collapsed")
+HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "shape_fit_r2", "recon_r2", "token_spread",
+               "collapsed")
 # A finished run counts for a study when its saved config equals the one the study makes now, up to
 # what distill.py lets change in a run_dir and where the runs and their teachers live.
 SAME_RUN_IGNORES = (*IGNORED_FOR_RERUN, "run_dir", "teacher.checkpoint")
@@ -418,7 +419,8 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
             entry["teacher"]["by_fold"] = {str(f): t["macro_f1"] for f, t in teacher.items()}
             health = {str(f): t["health"] for f, t in teacher.items() if "health" in t}
             if health:      # the VQShape teacher's health per fold (teachers/health.py)
-                entry["teacher"]["health_by_fold"] = {f: {k: h[k] for k in HEALTH_KEYS} for f, h in health.items()}
+                entry["teacher"]["health_by_fold"] = {f: {k: h[k] for k in HEALTH_KEYS if k in h}
+                                                    for f, h in health.items()}
         out["methods"][name] = entry
         if name != spec.reference:
             out["comparisons"][name] = {m: compare_paired(units, ref, m, spec.n_boot) for m in METRICS}

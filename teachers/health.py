@@ -16,6 +16,9 @@ series (B*C series of N tokens):
   subsequence at [t, t + l] resampled to len_s; median over tokens.
 - `recon_r2`: R^2 of the reconstruction x_hat against x, 1 - sum SS_res / sum SS_tot with each
   series' SS_tot taken around its own mean (so predicting the series mean scores 0).
+- `token_spread`: how much the tokenizer's output h (what the span heads read) changes between
+  series: per slot and feature the std over series, averaged, over the root mean square of h.
+  About 0: the tokenizer emits the same tokens for every input (the spans then cannot follow it).
 """
 from __future__ import annotations
 
@@ -79,6 +82,13 @@ def slot_std(v: torch.Tensor) -> float:
     return float(v.std(dim=0, unbiased=False).mean()) if v.shape[0] > 1 else 0.0
 
 
+def token_spread(h: torch.Tensor) -> float:
+    """h (S, N, d) -> mean over slots and features of the std over series, over the rms of h."""
+    if h.shape[0] < 2:
+        return 0.0
+    return float(h.std(dim=0, unbiased=False).mean() / h.pow(2).mean().sqrt().clamp(min=1e-12))
+
+
 def r2_rows(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Per-row R^2 (..., L) -> (...), each row's SS_tot around its own mean."""
     ss_res = (pred - target).pow(2).sum(-1)
@@ -96,10 +106,11 @@ def pooled_r2(pred: torch.Tensor, target: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- the report
 @torch.no_grad()
 def teacher_outputs(teacher, dataset, max_windows: int = 512, batch_size: int = 64) -> Dict[str, torch.Tensor]:
-    """t, l (S, N), code_idx (S, N), s_hat and its target (S, N, len_s), x_hat and x (S, T) on the
+    """t, l (S, N), code_idx (S, N), s_hat and its target (S, N, len_s), x_hat and x (S, T), the tokenizer
+    output h (S, N, d) on the
     first `max_windows` windows of `dataset` (no label text: a text-guided teacher uses its
     whole vocabulary as keys)."""
-    keep = ("t", "l", "code_idx", "s_hat", "x_hat", "x")
+    keep = ("t", "l", "code_idx", "s_hat", "x_hat", "x", "h")
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in keep + ("target",)}
     n = min(max_windows, len(dataset))
     for batch in DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size):
@@ -127,7 +138,8 @@ def health_report(teacher, dataset, max_windows: int = 512) -> Dict:
 
 def health_figures(o: Dict[str, torch.Tensor], decode_codes, num_code: int) -> Dict:
     """The figures from a model's outputs on held-out series: o holds t, l, code_idx (S, N), s_hat and
-    target (S, N, len_s), x_hat and x (S, T); decode_codes(ids) -> the normalised shapes of those codes."""
+    target (S, N, len_s), x_hat and x (S, T), optionally h (S, N, d); decode_codes(ids) -> the normalised
+    shapes of those codes."""
     counts = torch.bincount(o["code_idx"].flatten(), minlength=num_code)
     used = counts.nonzero().flatten()
     return {
@@ -139,6 +151,7 @@ def health_figures(o: Dict[str, torch.Tensor], decode_codes, num_code: int) -> D
         "span_l_std": slot_std(o["l"]),
         "shape_fit_r2": float(r2_rows(o["s_hat"].double(), o["target"].double()).median()),
         "recon_r2": pooled_r2(o["x_hat"].double(), o["x"].double()),
+        **({"token_spread": token_spread(o["h"].double())} if "h" in o else {}),
         "series": int(o["x"].shape[0]),
     }
 
@@ -152,7 +165,8 @@ def format_health(report: Dict) -> str:
     line = (f"distinct shapes {report['distinct_shapes']} (codes used {report['codes_used']}, perplexity "
             f"{report['perplexity']:.1f}), span coverage {report['span_coverage']:.2f}, t std "
             f"{report['span_t_std']:.3f}, l std {report['span_l_std']:.3f}, shape-fit R2 "
-            f"{report['shape_fit_r2']:.2f}, reconstruction R2 {report['recon_r2']:.2f}")
+            f"{report['shape_fit_r2']:.2f}, reconstruction R2 {report['recon_r2']:.2f}"
+            + (f", token spread {report['token_spread']:.3f}" if "token_spread" in report else ""))
     if report["collapsed"]:
         line += ("\n!!! TEACHER COLLAPSED: " + "; ".join(report["collapse_reasons"])
                  + ". What a student distils from these parts of the tokens is close to a constant. !!!")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from teachers.health import (collapse_reasons, distinct_shapes, pooled_r2, r2_rows, short_teacher_training, slot_std,
-                             span_coverage, usage_perplexity)
+                             span_coverage, token_spread, usage_perplexity)
 
 
 def test_identical_shapes_are_one_cluster_whatever_their_scale_and_offset():
@@ -100,3 +100,12 @@ def test_earlier_teachers_fail_the_same_thresholds(overrides):
     minutes on 2 cores, outside the default run: `pytest -m control`."""
     report = short_teacher_training(overrides)
     assert not learned(report), report
+
+
+def test_token_spread_is_zero_for_the_same_tokens_and_scale_free():
+    h = torch.randn(1, 4, 3).expand(5, 4, 3)
+    assert token_spread(h) == 0.0
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(2000, 4, 3, generator=g)                 # zero mean, unit std: std / rms = 1
+    assert abs(token_spread(h) - 1.0) < 0.05 and abs(token_spread(10 * h) - token_spread(h)) < 1e-6
+    assert abs(token_spread(h + 3.0) - 1 / math.sqrt(10)) < 0.02  # an offset common to all series only adds to the rms
