@@ -120,6 +120,10 @@ class VQShapeConfig:
     # Extra shape loss MSE(s, znorm(target)) on the decoded shape itself: the scale sigma cannot hide a
     # shape that does not follow its subsequence from it (0 = the official recipe).
     lambda_shape_norm: float = 0.0
+    # Weight of a second reconstruction, the series drawn from each token's scaled shape stretched onto
+    # its span (kd/vqshape.py: render_shapes). Unlike the patch decoder's output grid, it scores where a
+    # span is: a shape slides towards the part of the window it looks like (0 = off, the official recipe).
+    lambda_render: float = 0.0
     # The classification head reads detached attribute tokens: cross-entropy trains the head only and
     # cannot drag spans and shapes onto one discriminative spot.
     head_detach: bool = False

@@ -43,6 +43,27 @@ def extract_subsequence(x: torch.Tensor, t: torch.Tensor, l: torch.Tensor, lengt
     return (x0 + (x1 - x0) * w.flatten(1)).view_as(pos)
 
 
+def render_shapes(s: torch.Tensor, t: torch.Tensor, l: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of `extract_subsequence`: each token's shape s (B', N, L) stretched onto its span
+    [t, min(t + l, 1)] of a series of `length` steps -> (B', length). Step i stands for the interval
+    [tau_i - h, tau_i + h] (clipped to [0, 1], h half a step) and weighs a token by the fraction of that
+    interval its span covers: a step under several spans gets their weighted mean, a step under none 0
+    (the mean of a normalised series). The sampling position inside a span is linear in t and l, so the
+    series is differentiable in where the spans are: a shape slides towards where the signal looks like it."""
+    tau = torch.linspace(0, 1, length, device=s.device, dtype=s.dtype)            # (T,)
+    h = 0.5 / (length - 1)
+    lo, hi = (tau - h).clamp(min=0), (tau + h).clamp(max=1)
+    end = (t + l).clamp(max=1)                                                    # (B', N, 1)
+    a = (torch.minimum(end, hi) - torch.maximum(t, lo)).clamp(min=0) / (hi - lo)  # (B', N, T)
+    L = s.shape[-1]
+    u = ((tau - t) / (end - t).clamp(min=1e-6)).clamp(0, 1) * (L - 1)
+    i0 = u.detach().floor().clamp(max=L - 2)
+    w = u - i0
+    i0 = i0.long()
+    v = s.gather(-1, i0) + (s.gather(-1, i0 + 1) - s.gather(-1, i0)) * w          # (B', N, T)
+    return (a * v).sum(1) / a.sum(1).clamp(min=1.0)
+
+
 def disentangle_loss(t: torch.Tensor, l: torch.Tensor, threshold: float, min_len: float) -> torch.Tensor:
     """L_div = mean_{i != j} relu(threshold - ||p_i - p_j||), p = r (cos pi t, sin pi t), r = log l / log min_len."""
     r = l.log() / math.log(min_len)
@@ -518,8 +539,12 @@ class VQShape(nn.Module):
         if self.dec_cls is not None:  # the official patch decoder reads [cls, tokens] and drops cls
             h = torch.cat([self.dec_cls.expand(len(h), -1, -1), h], dim=1)
         x_hat = self.patch_out(self.patch_decoder(h)[:, -out["h_hat"].shape[1]:]).flatten(1)  # (B', T)
-        return {"shape": shape, "s_hat_n": s, "x_hat_n": x_hat,
-                "s_hat": s * std.unsqueeze(1) + mean.unsqueeze(1), "x_hat": x_hat * std + mean}
+        rec = {"shape": shape, "s_hat_n": s, "x_hat_n": x_hat,
+               "s_hat": s * std.unsqueeze(1) + mean.unsqueeze(1), "x_hat": x_hat * std + mean}
+        if self.cfg.lambda_render > 0:   # the series drawn from the scaled shapes at their spans
+            rec["x_render_n"] = render_shapes(s, out["t"], out["l"], x_hat.shape[-1])
+            rec["x_render"] = rec["x_render_n"] * std + mean
+        return rec
 
     # -- the engine's protocol -------------------------------------------------------------
     train_keys = "vocab"   # key set while training; MMVQShape mixes class text and vocabulary
@@ -544,7 +569,7 @@ class VQShape(nn.Module):
 
     # -- losses --------------------------------------------------------------------------
     def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:
-        """Named, already-weighted terms: x, vq, s, shape, div, and with `supervised` ce (zero-weight
+        """Named, already-weighted terms: x, vq, s, shape, render, div, and with `supervised` ce (zero-weight
         terms are left out)."""
         c = self.cfg
         sfx = "_n" if c.loss_scale == "normalized" else ""
@@ -557,6 +582,8 @@ class VQShape(nn.Module):
         }
         if c.lambda_shape_norm > 0:
             terms["shape"] = c.lambda_shape_norm * F.mse_loss(out["shape"], znorm_rows(target))
+        if c.lambda_render > 0:
+            terms["render"] = c.lambda_render * F.mse_loss(out["x_render" + sfx], out["x" + sfx])
         if c.lambda_div > 0:
             terms["div"] = c.lambda_div * disentangle_loss(out["t"], out["l"], c.div_threshold, self.min_len)
         if supervised and c.lambda_ce > 0:

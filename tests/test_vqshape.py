@@ -12,6 +12,7 @@ from kd.checkpoint import load_weights, read_checkpoint, save_model
 from kd.config import FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape, kl_rows, supcon_loss
 from kd.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence, partition_spans,
+                        render_shapes,
                               instance_norm)
 
 TINY = dict(dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4,
@@ -604,3 +605,27 @@ def test_span_grad_decides_whether_the_code_moves_the_span(span_grad):
     (out["z_e"].sum() + out["mu"].sum() + out["sigma"].sum()).backward()
     g = m.attr.tl_head[-1].weight.grad
     assert (g is not None and g.abs().sum() > 0) == span_grad
+
+
+def test_render_shapes_inverts_extract_subsequence_on_a_tiling():
+    """Subsequences of a piecewise-linear series read off spans that tile it, drawn back at the same
+    spans, give the series back (linear interpolation of a linear piece is exact)."""
+    T = 65
+    x = torch.cat([torch.linspace(0, 2, 33), torch.linspace(2, -1, 33)[1:]])[None]     # kink at step 32
+    t = torch.tensor([[[0.0], [0.5]]])
+    l = torch.tensor([[[0.5], [0.5]]])
+    sub = extract_subsequence(x, t, l, 17)
+    back = render_shapes(sub, t, l, T)
+    assert torch.allclose(back, x, atol=1e-4)
+
+
+def test_render_shapes_slides_a_shape_towards_where_the_signal_looks_like_it():
+    T = 128
+    tau = torch.linspace(0, 1, T)
+    x = torch.exp(-((tau - 0.55) / 0.05) ** 2)[None]                    # a bump at 0.55
+    shape = torch.exp(-((torch.linspace(0, 1, 32) - 0.5) / 0.25) ** 2)[None, None]  # the bump, span-centred
+    l = torch.tensor([[[0.4]]])
+    for start, sign in ((0.25, 1.0), (0.45, -1.0)):                     # bump centre of the span: 0.45, 0.65
+        t = torch.tensor([[[start]]], requires_grad=True)
+        F.mse_loss(render_shapes(shape, t, l, T), x).backward()
+        assert -t.grad.item() * sign > 0                                # gradient descent moves t towards 0.35
