@@ -163,6 +163,9 @@ class VQShapeConfig:
     # With code_input: subsequence, let gradients reach t and l through the subsequence the code, mu and
     # sigma are read from (false: t, l detached there, as the official L_s target).
     span_grad: bool = False
+    # What the span heads read: "token" (official: the tokenizer output) or "tile" (also the signal under
+    # the slot's starting tile, through a second head: needs span_init: tiling, code_input: subsequence).
+    span_input: str = "token"
 
 
 @dataclass
@@ -382,6 +385,7 @@ VQSHAPE_CHOICES = {
     "decoder_input": ("tokens", "spans", "span_overlap"),
     "span_init": ("none", "tiling"),
     "span_layout": ("free", "partition"),
+    "span_input": ("token", "tile"),
 }
 CHOICES.update({f"{side}.vqshape.{k}": v for side in ("teacher", "student") for k, v in VQSHAPE_CHOICES.items()})
 
@@ -463,6 +467,9 @@ def validate_config(cfg: DictConfig) -> None:
         if v.span_layout == "partition" and v.num_token >= 64:
             raise ConfigError(f"{side}.vqshape.span_layout=partition needs num_token < 64 (spans of at least "
                               f"1/64 tiling the window), got {side}.vqshape.num_token={v.num_token}")
+        if v.span_input == "tile" and (v.span_init != "tiling" or v.code_input != "subsequence"):
+            raise ConfigError(f"{side}.vqshape.span_input=tile reads the signal under each slot's starting tile: it "
+                              f"needs {side}.vqshape.span_init=tiling and {side}.vqshape.code_input=subsequence")
         if v.span_grad and v.code_input != "subsequence":
             raise ConfigError(f"{side}.vqshape.span_grad=true acts on the subsequence the code is read from: it "
                               f"needs {side}.vqshape.code_input=subsequence (it is {v.code_input!r})")

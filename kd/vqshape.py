@@ -358,7 +358,8 @@ class AttributeHeads(nn.Module):
     """
 
     def __init__(self, dim: int, dim_code: int, min_len: float, code_input: str = "token", len_s: int = 128,
-                 span_offsets: Optional[torch.Tensor] = None, span_layout: str = "free", span_grad: bool = False):
+                 span_offsets: Optional[torch.Tensor] = None, span_layout: str = "free", span_grad: bool = False,
+                 span_input: str = "token"):
         super().__init__()
         if code_input not in ("token", "subsequence"):
             raise ValueError(f"code_input must be 'token' or 'subsequence', got {code_input!r}")
@@ -368,6 +369,14 @@ class AttributeHeads(nn.Module):
             raise ValueError("span_layout='partition' starts as the uniform tiling already: use span_init='none'")
         self.min_len, self.code_input, self.len_s = min_len, code_input, len_s
         self.span_layout, self.span_grad = span_layout, span_grad
+        if span_input not in ("token", "tile"):
+            raise ValueError(f"span_input must be 'token' or 'tile', got {span_input!r}")
+        if span_input == "tile" and (span_offsets is None or code_input != "subsequence"):
+            raise ValueError("span_input='tile' reads the subsequence under each slot's starting tile: it needs "
+                             "span_init='tiling' and code_input='subsequence'")
+        # "tile": a second head reads the z-normalised signal under the slot's starting tile (and its mean and
+        # log std) and shifts the span's logits, so where a span goes can depend on what is there
+        self.tile_head = MLP(len_s + 2, 2, dim) if span_input == "tile" else None
         if code_input == "token":
             self.z_head = MLP(dim, dim_code, dim)
             self.mu_head = MLP(dim, 1, dim)
@@ -386,6 +395,8 @@ class AttributeHeads(nn.Module):
         else:
             if self.span_offsets is not None:
                 logits = logits + self.span_offsets
+            if self.tile_head is not None:
+                logits = logits + self.tile_head(self.tile_features(x_n))
             tl = torch.sigmoid(logits)
             t = tl[..., :1] * (1 - self.min_len)
             l = tl[..., 1:] * (1 - t) + self.min_len
@@ -400,6 +411,16 @@ class AttributeHeads(nn.Module):
             sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)
         mu, sigma = row_stats(sub)
         return {"z_e": self.code_encoder((sub - mu) / sigma), "t": t, "l": l, "mu": mu, "sigma": sigma}
+
+
+    def tile_features(self, x_n: torch.Tensor) -> torch.Tensor:
+        """(B', T) -> (B', N, len_s + 2): each slot's starting tile (the span of its offsets), z-normalised,
+        with its mean and log std."""
+        tl0 = torch.sigmoid(self.span_offsets.detach()).expand(x_n.shape[0], -1, -1)
+        t0 = tl0[..., :1] * (1 - self.min_len)
+        sub = extract_subsequence(x_n, t0, tl0[..., 1:] * (1 - t0) + self.min_len, self.len_s)
+        mu, sigma = row_stats(sub)
+        return torch.cat([(sub - mu) / sigma, mu, sigma.log()], dim=-1)
 
 
 class TokenHead(nn.Module):
@@ -456,7 +477,7 @@ class VQShape(nn.Module):
             raise ValueError(f"span_layout='partition' needs num_token < {round(1 / self.min_len)} (spans of at "
                              f"least 1/{round(1 / self.min_len)} tiling the window), got {cfg.num_token}")
         self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets,
-                                   cfg.span_layout, cfg.span_grad)
+                                   cfg.span_layout, cfg.span_grad, cfg.span_input)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
                                       cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)

@@ -39,6 +39,7 @@ def test_overrides_and_required_keys():
     ("teacher.vqshape.span_layout=partition teacher.vqshape.span_init=none teacher.vqshape.num_token=64",
      "needs num_token < 64"),
     ("teacher.vqshape.span_grad=true teacher.vqshape.code_input=token", "needs teacher.vqshape.code_input=subsequence"),
+    ("teacher.vqshape.span_input=tile teacher.vqshape.span_init=none", "span_input=tile reads the signal.*span_init=tiling"),
     # each loss holds only its own parameters, checked at load (not when the student stage builds it)
     ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
     ("kd.sp.attr_weights.mu=1", "unknown config key 'kd.sp.attr_weights'"),

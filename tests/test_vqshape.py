@@ -629,3 +629,18 @@ def test_render_shapes_slides_a_shape_towards_where_the_signal_looks_like_it():
         t = torch.tensor([[[start]]], requires_grad=True)
         F.mse_loss(render_shapes(shape, t, l, T), x).backward()
         assert -t.grad.item() * sign > 0                                # gradient descent moves t towards 0.35
+
+
+def test_tile_span_input_lets_the_span_depend_on_the_signal_under_its_tile():
+    """span_input=tile: with the token-side head silenced, the spans still differ between windows (they
+    read the signal under their starting tile), and the tile head learns from the span's gradient."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(span_input="tile", span_init="tiling", code_input="subsequence"), 1, 2).eval()
+    with torch.no_grad():
+        m.attr.tl_head[-1].weight.zero_()
+    out = m(torch.randn(4, 1, 512), reconstruct=False)
+    assert out["t"][:, 1:].std(0).min() > 0
+    out["t"].sum().backward()
+    assert m.attr.tile_head[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="span_init='tiling'"):
+        VQShape(tiny_cfg(span_input="tile", code_input="subsequence"), 1, 2)
