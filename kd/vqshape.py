@@ -43,27 +43,6 @@ def extract_subsequence(x: torch.Tensor, t: torch.Tensor, l: torch.Tensor, lengt
     return (x0 + (x1 - x0) * w.flatten(1)).view_as(pos)
 
 
-def render_shapes(s: torch.Tensor, t: torch.Tensor, l: torch.Tensor, length: int) -> torch.Tensor:
-    """The inverse of `extract_subsequence`: each token's shape s (B', N, L) stretched onto its span
-    [t, min(t + l, 1)] of a series of `length` steps -> (B', length). Step i stands for the interval
-    [tau_i - h, tau_i + h] (clipped to [0, 1], h half a step) and weighs a token by the fraction of that
-    interval its span covers: a step under several spans gets their weighted mean, a step under none 0
-    (the mean of a normalised series). The sampling position inside a span is linear in t and l, so the
-    series is differentiable in where the spans are: a shape slides towards where the signal looks like it."""
-    tau = torch.linspace(0, 1, length, device=s.device, dtype=s.dtype)            # (T,)
-    h = 0.5 / (length - 1)
-    lo, hi = (tau - h).clamp(min=0), (tau + h).clamp(max=1)
-    end = (t + l).clamp(max=1)                                                    # (B', N, 1)
-    a = (torch.minimum(end, hi) - torch.maximum(t, lo)).clamp(min=0) / (hi - lo)  # (B', N, T)
-    L = s.shape[-1]
-    u = ((tau - t) / (end - t).clamp(min=1e-6)).clamp(0, 1) * (L - 1)
-    i0 = u.detach().floor().clamp(max=L - 2)
-    w = u - i0
-    i0 = i0.long()
-    v = s.gather(-1, i0) + (s.gather(-1, i0 + 1) - s.gather(-1, i0)) * w          # (B', N, T)
-    return (a * v).sum(1) / a.sum(1).clamp(min=1.0)
-
-
 def disentangle_loss(t: torch.Tensor, l: torch.Tensor, threshold: float, min_len: float) -> torch.Tensor:
     """L_div = mean_{i != j} relu(threshold - ||p_i - p_j||), p = r (cos pi t, sin pi t), r = log l / log min_len."""
     r = l.log() / math.log(min_len)
@@ -97,16 +76,41 @@ def span_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tens
     return w / w.sum(-1, keepdim=True).clamp(min=1.0)
 
 
+def cover_fraction(t: torch.Tensor, l: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """t, l (B', N, 1); interval edges lo, hi (K,) -> (B', N, K): the fraction of interval k that token
+    n's span [t, min(t + l, 1)] covers."""
+    end = (t + l).clamp(max=1)
+    return (torch.minimum(end, hi) - torch.maximum(t, lo)).clamp(min=0) / (hi - lo)
+
+
 def span_overlap_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> torch.Tensor:
     """t, l (B', N, 1) -> a (B', num_patch, N): a[i, j] = o_ij / max(sum_j o_ij, 1), where o_ij is the
     fraction of patch i, [i / P, (i + 1) / P], that token j's span covers. Unlike `span_weights`, which
     looks only at patch centres (so a span may shrink to the centres it owns and leave the rest of the
     window under no span), a span that shrinks off part of its patch loses that share of it."""
     edges = torch.arange(num_patch + 1, device=t.device, dtype=t.dtype) / num_patch
-    lo, hi = edges[:-1, None], edges[1:, None]                                        # (P, 1)
-    t_, end = t.transpose(1, 2), (t + l).clamp(max=1).transpose(1, 2)                 # (B', 1, N)
-    o = (torch.minimum(end, hi) - torch.maximum(t_, lo)).clamp(min=0) * num_patch     # (B', P, N)
+    o = cover_fraction(t, l, edges[:-1], edges[1:]).transpose(1, 2)                  # (B', P, N)
     return o / o.sum(-1, keepdim=True).clamp(min=1.0)
+
+
+def render_shapes(s: torch.Tensor, t: torch.Tensor, l: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of `extract_subsequence`: each token's shape s (B', N, L) stretched onto its span
+    [t, min(t + l, 1)] of a series of `length` steps -> (B', length). Step i stands for the interval
+    [tau_i - h, tau_i + h] (clipped to [0, 1], h half a step) and weighs a token by the fraction of that
+    interval its span covers: a step under several spans gets their weighted mean, a step under none 0
+    (the mean of a normalised series). The sampling position inside a span is linear in t and l, so the
+    series is differentiable in where the spans are: a shape slides towards where the signal looks like it."""
+    tau = torch.linspace(0, 1, length, device=s.device, dtype=s.dtype)            # (T,)
+    h = 0.5 / (length - 1)
+    a = cover_fraction(t, l, (tau - h).clamp(min=0), (tau + h).clamp(max=1))      # (B', N, T)
+    L = s.shape[-1]
+    u = ((tau - t) / ((t + l).clamp(max=1) - t).clamp(min=1e-6)).clamp(0, 1) * (L - 1)
+    i0 = u.detach().floor().clamp(max=L - 2)
+    w = u - i0
+    i0 = i0.long()
+    s0 = s.gather(-1, i0)
+    v = s0 + (s.gather(-1, i0 + 1) - s0) * w                                      # (B', N, T)
+    return (a * v).sum(1) / a.sum(1).clamp(min=1.0)
 
 
 def tiling_logits(n: int, min_len: float) -> torch.Tensor:
@@ -115,6 +119,14 @@ def tiling_logits(n: int, min_len: float) -> torch.Tensor:
     t = torch.arange(n, dtype=torch.float32) / n
     l_frac = ((2.0 / n - min_len) / (1 - t)).clamp(0.01, 0.99)
     return torch.stack([torch.logit((t / (1 - min_len)).clamp(0.01, 0.99)), torch.logit(l_frac)], dim=-1)
+
+
+def sigmoid_spans(logits: torch.Tensor, min_len: float):
+    """(t, l) logits (..., 2) -> the official heads' spans: t = sigmoid(a) (1 - min_len),
+    l = sigmoid(b) (1 - t) + min_len."""
+    tl = torch.sigmoid(logits)
+    t = tl[..., :1] * (1 - min_len)
+    return t, tl[..., 1:] * (1 - t) + min_len
 
 
 def partition_spans(logits: torch.Tensor, min_len: float):
@@ -397,9 +409,7 @@ class AttributeHeads(nn.Module):
                 logits = logits + self.span_offsets
             if self.tile_head is not None:
                 logits = logits + self.tile_head(self.tile_features(x_n))
-            tl = torch.sigmoid(logits)
-            t = tl[..., :1] * (1 - self.min_len)
-            l = tl[..., 1:] * (1 - t) + self.min_len
+            t, l = sigmoid_spans(logits, self.min_len)
         if self.code_input == "token":
             return {"z_e": self.z_head(h if h_z is None else h_z), "t": t, "l": l,
                     "mu": self.mu_head(h), "sigma": F.softplus(self.sigma_head(h))}
@@ -412,13 +422,11 @@ class AttributeHeads(nn.Module):
         mu, sigma = row_stats(sub)
         return {"z_e": self.code_encoder((sub - mu) / sigma), "t": t, "l": l, "mu": mu, "sigma": sigma}
 
-
     def tile_features(self, x_n: torch.Tensor) -> torch.Tensor:
         """(B', T) -> (B', N, len_s + 2): each slot's starting tile (the span of its offsets), z-normalised,
         with its mean and log std."""
-        tl0 = torch.sigmoid(self.span_offsets.detach()).expand(x_n.shape[0], -1, -1)
-        t0 = tl0[..., :1] * (1 - self.min_len)
-        sub = extract_subsequence(x_n, t0, tl0[..., 1:] * (1 - t0) + self.min_len, self.len_s)
+        t0, l0 = sigmoid_spans(self.span_offsets.detach().expand(x_n.shape[0], -1, -1), self.min_len)
+        sub = extract_subsequence(x_n, t0, l0, self.len_s)
         mu, sigma = row_stats(sub)
         return torch.cat([(sub - mu) / sigma, mu, sigma.log()], dim=-1)
 

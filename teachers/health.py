@@ -106,10 +106,9 @@ def pooled_r2(pred: torch.Tensor, target: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- the report
 @torch.no_grad()
 def teacher_outputs(teacher, dataset, max_windows: int = 512, batch_size: int = 64) -> Dict[str, torch.Tensor]:
-    """t, l (S, N), code_idx (S, N), s_hat and its target (S, N, len_s), x_hat and x (S, T), the tokenizer
-    output h (S, N, d) on the
-    first `max_windows` windows of `dataset` (no label text: a text-guided teacher uses its
-    whole vocabulary as keys)."""
+    """t, l (S, N), code_idx (S, N), s_hat and its target (S, N, len_s), x_hat and x (S, T) and the
+    tokenizer output h (S, N, d) on the first `max_windows` windows of `dataset` (no label text: a
+    text-guided teacher uses its whole vocabulary as keys)."""
     keep = ("t", "l", "code_idx", "s_hat", "x_hat", "x", "h")
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in keep + ("target",)}
     n = min(max_windows, len(dataset))
