@@ -236,6 +236,9 @@ class TeacherConfig:
     vqshape: VQShapeConfig = field(default_factory=VQShapeConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
+    # A CNN teacher only: train this many copies from different initialisations and teach with their
+    # averaged class probabilities (teachers/ensemble.py); 1 = a single network.
+    members: int = 1
 
 
 @dataclass
@@ -473,6 +476,11 @@ def validate_config(cfg: DictConfig) -> None:
         if v.span_grad and v.code_input != "subsequence":
             raise ConfigError(f"{side}.vqshape.span_grad=true acts on the subsequence the code is read from: it "
                               f"needs {side}.vqshape.code_input=subsequence (it is {v.code_input!r})")
+    if cfg.teacher.members < 1:
+        raise ConfigError(f"teacher.members={cfg.teacher.members} must be >= 1 (1: a single teacher network)")
+    if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "none"):
+        raise ConfigError(f"teacher.members={cfg.teacher.members} builds an ensemble of CNN teachers; "
+                          f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")

@@ -395,6 +395,9 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
     report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
     if hasattr(teacher, "codebook"):
         report["health"] = teacher_health(teacher, splits, PartialState())
+    if hasattr(teacher, "members"):   # an ensemble: each member's own held-out score beside the ensemble's
+        report["member_macro_f1"] = [test_report(cfg, splits, lambda b, m=m: m.predict(b["x"]), m)["macro_f1"]
+                                     for m in teacher.members]
     aligned = getattr(teacher, "aligned", False)
     score = recovery_scorer(cfg, splits, t_meta)
     if score is not None:

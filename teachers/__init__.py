@@ -5,6 +5,7 @@ from typing import Callable, Dict, Optional
 
 import torch.nn as nn
 
+from teachers.ensemble import Ensemble
 from teachers.mmvqshape import MMVQShape
 from kd.vqshape import VQShape
 
@@ -20,7 +21,9 @@ def _vqshape(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> 
 def _student_as_teacher(arch: str) -> Callable:
     def build(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
         from students import build_student   # students import teachers' layers: import lazily
-        return build_student(arch, cfg.cnn, cfg.vqshape, num_channels, num_classes, freeze_shared=False)
+        members = [build_student(arch, cfg.cnn, cfg.vqshape, num_channels, num_classes, freeze_shared=False)
+                   for _ in range(cfg.members)]
+        return members[0] if cfg.members == 1 else Ensemble(members)
     return build
 
 
@@ -35,7 +38,7 @@ def teacher_class(cfg) -> type:
     from students import STUDENT_CLASSES
     if cfg.arch not in TEACHERS:
         raise ValueError(f"unknown teacher arch {cfg.arch!r}; known: {sorted(TEACHERS)}")
-    return STUDENT_CLASSES[cfg.arch]
+    return Ensemble if cfg.members > 1 else STUDENT_CLASSES[cfg.arch]
 
 
 def build_teacher(cfg, num_channels: int, num_classes: int, text: Optional[Dict] = None) -> nn.Module:
