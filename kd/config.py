@@ -340,6 +340,12 @@ class TrainConfig:
     # Compute the frozen teacher's outputs for every training window once, before the student stage,
     # instead of at every step (exact: training windows are not augmented; costs memory, printed).
     cache_teacher: bool = True
+    # Mixup in the student and baseline stages (not the teacher's): each batch becomes
+    # lam * x + (1 - lam) * x[perm] with one lam ~ Beta(mixup, mixup) per batch, the cross-entropy
+    # lam * CE(y) + (1 - lam) * CE(y[perm]), and a teacher is asked about the mixed windows themselves
+    # ("function matching", Beyer et al. 2022, https://arxiv.org/abs/2106.05237): so it needs
+    # cache_teacher=false and a teacher that does not read the labels. 0 = off.
+    mixup: float = 0.0
     # Which epoch's weights a stage keeps: "best_val" = the best validation macro-F1 (validation
     # subjects only; the test split is never looked at during training), "last" = the last epoch.
     select: str = "best_val"
@@ -481,6 +487,16 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "none"):
         raise ConfigError(f"teacher.members={cfg.teacher.members} builds an ensemble of CNN teachers; "
                           f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
+    if cfg.train.mixup < 0:
+        raise ConfigError(f"train.mixup={cfg.train.mixup} must be >= 0 (the Beta(a, a) parameter; 0 = off)")
+    if cfg.train.mixup > 0 and cfg.teacher.arch != "none" and cfg.stage != "teacher":
+        if cfg.train.cache_teacher:
+            raise ConfigError("train.mixup > 0 asks the teacher about each mixed batch, which a cache of the "
+                              "unmixed windows cannot answer: set train.cache_teacher=false")
+        if cfg.teacher.arch == "vqshape" and cfg.teacher.text_guidance:
+            raise ConfigError("train.mixup > 0 with a text-guided teacher: it teaches with the class text of one "
+                              "label, which a mixed window does not have; set train.mixup=0 or use a teacher "
+                              "that does not read labels")
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")

@@ -24,6 +24,18 @@ KD_LOSSES = tuple(LOSSES)            # every KD loss the config can switch on
 
 # VQShape's own terms: the self-supervised phase of a teacher trains on these only.
 
+def own_losses(model: nn.Module, out: Outputs, batch: Dict) -> Dict[str, torch.Tensor]:
+    """A model's own losses on a batch; on a mixed batch (engine.mix_batch) each term is
+    lam * term(y) + (1 - lam) * term(y[perm]): the mixup cross-entropy, and unchanged for the terms
+    that do not read the labels."""
+    first = model.losses(out, batch["y"])
+    if "mix" not in batch:
+        return first
+    y_b, lam = batch["mix"]
+    second = model.losses(out, y_b)
+    return {k: lam * v + (1 - lam) * second[k] for k, v in first.items()}
+
+
 class OwnLossTask(nn.Module):
     """The plain trainer's task: a model that trains on its own losses (a teacher, or the student
     trained alone as the baseline); no teacher, no KD.
@@ -38,7 +50,7 @@ class OwnLossTask(nn.Module):
         out = self.model.fit_forward(batch)
         if self.self_supervised:
             return self.model.losses(out, batch["y"], supervised=False), {}
-        return self.model.losses(out, batch["y"]), {}
+        return own_losses(self.model, out, batch), {}
 
     def predict(self, batch: Dict) -> torch.Tensor:
         return self.model.predict(batch["x"])
@@ -164,9 +176,9 @@ class Distiller(nn.Module):
         return coef, logs, align
 
     def forward(self, batch: Dict, t_out: Optional[Outputs] = None) -> Tuple[Dict, Dict]:
-        x, y = batch["x"], batch["y"]
+        x = batch["x"]
         s_out, info = self.student_forward(x, self.sources_for_step(t_out))
-        own = self.student.losses(s_out, y)                                  # ce (+ x, s, vq for VQShape)
+        own = own_losses(self.student, s_out, batch)                         # ce (+ x, s, vq for VQShape)
         alpha = self.kd_cfg.alpha
         terms = {"ce": (1 - alpha) * own.pop("ce"), **own}
         coef, logs, align = self.coefficients(info)

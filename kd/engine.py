@@ -144,6 +144,18 @@ class StageSpec:
     # scalars written once at step 0 next to the stage's curves (a student's: each teacher's validation
     # macro-F1, so the KD terms and coefficients can be read against how good each source is)
     constants: Dict[str, float] = field(default_factory=dict)
+    mixup: float = 0.0                           # Beta(a, a) parameter of train.mixup; 0 = off
+
+
+def mix_batch(batch: Dict, a: float) -> Dict:
+    """Mixup of one training batch: x <- lam x + (1 - lam) x[perm], lam ~ Beta(a, a) (one per batch, from
+    the torch RNG the loop seeds per epoch); the pair's labels and lam go under "mix" for `mixed_losses`."""
+    lam = float(torch.distributions.Beta(a, a).sample())
+    perm = torch.randperm(batch["x"].shape[0], device=batch["x"].device)
+    out = dict(batch)
+    out["x"] = lam * batch["x"] + (1 - lam) * batch["x"][perm]
+    out["mix"] = (batch["y"][perm], lam)
+    return out
 
 
 class TeacherCache:
@@ -244,6 +256,8 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
         for batch in loader:
             if step >= total:
                 break
+            if spec.mixup > 0:
+                batch = mix_batch(batch, spec.mixup)
             t_out = teacher_outputs(spec.teacher, batch)
             with accel.autocast():
                 terms, extras = task(batch, t_out)
