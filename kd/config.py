@@ -493,10 +493,10 @@ def validate_config(cfg: DictConfig) -> None:
         if cfg.train.cache_teacher:
             raise ConfigError("train.mixup > 0 asks the teacher about each mixed batch, which a cache of the "
                               "unmixed windows cannot answer: set train.cache_teacher=false")
-        if cfg.teacher.arch == "vqshape" and cfg.teacher.text_guidance:
-            raise ConfigError("train.mixup > 0 with a text-guided teacher: it teaches with the class text of one "
-                              "label, which a mixed window does not have; set train.mixup=0 or use a teacher "
-                              "that does not read labels")
+        if cfg.teacher.arch == "vqshape" and cfg.teacher.text_guidance and cfg.teacher.fusion.teach_keys == "class":
+            raise ConfigError("train.mixup > 0 with a teacher that teaches with the class text of one label "
+                              "(teacher.fusion.teach_keys=class), which a mixed window does not have: set "
+                              "teacher.fusion.teach_keys=vocab (no label) or train.mixup=0")
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
