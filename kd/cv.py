@@ -89,6 +89,9 @@ class StudySpec:
     parallel: Optional[int] = None       # runs at a time; None: the CPUs this process may use
     overrides: List[str] = field(default_factory=list)      # applied to every method (before its own)
     n_boot: int = 10_000
+    # Further paired comparisons, each [method, reference] (e.g. [ensemble_mixup, alone_mixup]): reported
+    # beside the comparisons against `reference`; they change no run.
+    contrasts: List[List[str]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- study file
@@ -130,6 +133,10 @@ def check_study(spec) -> None:
         raise ConfigError("study val_subjects must be >= 1: validation selects every stage's checkpoint")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds):
         raise ConfigError(f"study seeds must be distinct and non-empty, got {list(spec.seeds)}")
+    for pair in spec.contrasts:
+        if len(pair) != 2 or pair[0] == pair[1] or any(m not in spec.methods for m in pair):
+            raise ConfigError(f"study contrast {list(pair)} must name two different methods of {list(spec.methods)} "
+                              f"as [method, reference]")
     if spec.parallel is not None and spec.parallel < 1:
         raise ConfigError(f"study parallel={spec.parallel} must be >= 1")
     for name, m in spec.methods.items():
@@ -424,6 +431,8 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
         out["methods"][name] = entry
         if name != spec.reference:
             out["comparisons"][name] = {m: compare_paired(units, ref, m, spec.n_boot) for m in METRICS}
+    out["contrasts"] = {f"{a} - {b}": {m: compare_paired(got[a], got[b], m, spec.n_boot) for m in METRICS}
+                        for a, b in spec.contrasts if got[a] and got[b]}
     head = spec.headline or next(m for m in spec.methods if m != spec.reference)
     h, c = out["methods"][head], out["comparisons"].get(head, {}).get("macro_f1")
     if c is not None:       # the flat keys a reader (and the README) quotes: means over the paired units only
@@ -456,6 +465,12 @@ def table_md(rep: Dict) -> str:
         teacher = f"{t['mean']:.3f} ± {t['sd']:.3f}" if t else "–"
         lines.append(f"| {name} | {e['runs_done']} | {f1['mean']:.3f} ± {f1['sd']:.3f} | {acc['mean']:.3f} ± "
                      f"{acc['sd']:.3f} | {teacher} | {cmp} |")
+    if rep.get("contrasts"):
+        lines += ["", "| contrast | units | Δ macro-F1 [95 % CI] | p | wins/losses |", "|---|---|---|---|---|"]
+        for name, c in rep["contrasts"].items():
+            c = c["macro_f1"]
+            lines.append(f"| {name} | {c['n_units']} | {c['diff_mean']:+.3f} [{c['diff_ci95'][0]:+.3f}, "
+                         f"{c['diff_ci95'][1]:+.3f}] | {c['p_sign_flip']:.3f} | {c['wins']}/{c['losses']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -494,7 +509,7 @@ def check_study_file(spec, root: Path) -> None:
         return
     old = OmegaConf.to_container(OmegaConf.load(saved))
     new = OmegaConf.to_container(OmegaConf.create(OmegaConf.to_yaml(spec)))
-    for key in ("parallel", "seeds", "teachers_root", "root"):       # root: where this file is
+    for key in ("parallel", "seeds", "teachers_root", "root", "contrasts"):   # root: where this file is
         old.pop(key, None)
         new.pop(key, None)
     if old != new:

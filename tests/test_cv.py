@@ -58,6 +58,8 @@ def test_study_mistakes_fail_at_load(tmp_path):
         cv.load_study(write_study(tmp_path, ok), ["overrides=[train.epochz=3]"])
     with pytest.raises(ConfigError, match=r"sets \['seed=3'\]; the study sets these"):
         cv.load_study(write_study(tmp_path, ok.replace("teacher.arch=none,", "seed=3, teacher.arch=none,")))
+    with pytest.raises(ConfigError, match=r"contrast \['kd', 'nobody'\] must name two different methods"):
+        cv.load_study(write_study(tmp_path, ok), ["contrasts=[[kd, nobody]]"])
     with pytest.raises(ConfigError, match="lacks"):
         cv.load_study(write_study(tmp_path, ok.replace("name: tiny", "")))
     other_data = ok.replace("kd: {config: configs/synthetic_smoke.yaml}", "kd: {config: configs/synthetic_smoke.yaml, "
@@ -121,6 +123,13 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     again = cv.main([str(path)])
     assert {p: p.stat().st_mtime for p in root.glob("*/fold*/results.json")} == stamps
     assert again["comparisons"] == rep["comparisons"]
+    # a contrast between two non-reference methods changes no run: paired over the same units
+    con = cv.main([str(path), "contrasts=[[multi, kd]]", "--report-only"])["contrasts"]["multi - kd"]["macro_f1"]
+    multi = [json.loads((root / "multi" / f"fold{f}_s{s}" / "results.json").read_text())["student"]["macro_f1"]
+             for f in (0, 1) for s in (0, 1)]
+    assert con["diff_mean"] == pytest.approx(np.mean([m - score["kd", f, s] for m, (f, s) in
+                                                      zip(multi, [(0, 0), (0, 1), (1, 0), (1, 1)])]))
+    assert "| multi - kd | 4 |" in (root / "table.md").read_text()
     with pytest.raises(ConfigError, match="holds another study"):
         cv.main([str(path), "methods.alone.overrides=[teacher.arch=none,teacher.text_guidance=false,train.lr=0.001]"])
     # the pairing file edited in place after its runs finished: their old numbers are not reported under it
