@@ -320,6 +320,15 @@ class KDConfig:
 
 # --------------------------------------------------------------------------- training
 @dataclass
+class AugmentConfig:
+    """Label-preserving random changes of every training window in the student and baseline stages (not
+    the teacher's), drawn anew at each step; a teacher is asked about the changed window. 0 = off."""
+    scale: float = 0.0    # sd of a gain per window and channel, ~ N(1, scale)
+    jitter: float = 0.0   # sd of added Gaussian noise, in units of each window channel's own std
+    shift: float = 0.0    # circular shift in time by up to this fraction of the window, either way (<= 0.5)
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 30                  # student stage (and the no-teacher baseline)
     teacher_epochs: int = 20          # teacher stage (all its terms)
@@ -346,6 +355,7 @@ class TrainConfig:
     # ("function matching", Beyer et al. 2022, https://arxiv.org/abs/2106.05237): so it needs
     # cache_teacher=false and a teacher that does not read the labels. 0 = off.
     mixup: float = 0.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Which epoch's weights a stage keeps: "best_val" = the best validation macro-F1 (validation
     # subjects only; the test split is never looked at during training), "last" = the last epoch.
     select: str = "best_val"
@@ -489,6 +499,16 @@ def validate_config(cfg: DictConfig) -> None:
                           f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
     if cfg.train.mixup < 0:
         raise ConfigError(f"train.mixup={cfg.train.mixup} must be >= 0 (the Beta(a, a) parameter; 0 = off)")
+    a = cfg.train.augment
+    for key in ("scale", "jitter", "shift"):
+        if a[key] < 0:
+            raise ConfigError(f"train.augment.{key}={a[key]} must be >= 0 (0 = off)")
+    if a.shift > 0.5:
+        raise ConfigError(f"train.augment.shift={a.shift} must be <= 0.5 (a fraction of the window, either way)")
+    augmented = any(a[k] > 0 for k in ("scale", "jitter", "shift"))
+    if augmented and cfg.teacher.arch != "none" and cfg.stage != "teacher" and cfg.train.cache_teacher:
+        raise ConfigError("train.augment changes every training window at each step, which a cache of the "
+                          "unchanged windows cannot answer: set train.cache_teacher=false")
     if cfg.train.mixup > 0 and cfg.teacher.arch != "none" and cfg.stage != "teacher":
         if cfg.train.cache_teacher:
             raise ConfigError("train.mixup > 0 asks the teacher about each mixed batch, which a cache of the "

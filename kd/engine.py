@@ -145,6 +145,27 @@ class StageSpec:
     # macro-F1, so the KD terms and coefficients can be read against how good each source is)
     constants: Dict[str, float] = field(default_factory=dict)
     mixup: float = 0.0                           # Beta(a, a) parameter of train.mixup; 0 = off
+    augment: Dict[str, float] = field(default_factory=dict)   # train.augment: scale, jitter, shift (0 = off)
+
+
+def augment_batch(batch: Dict, scale: float = 0.0, jitter: float = 0.0, shift: float = 0.0) -> Dict:
+    """Label-preserving changes of each window x (B, C, T): a gain ~ N(1, scale) per window and channel,
+    Gaussian noise of `jitter` times each window channel's std, and a circular shift by up to
+    round(shift * T) steps either way (torch RNG, seeded per epoch by the loop)."""
+    x = batch["x"]
+    B, C, T = x.shape
+    if scale > 0:
+        x = x * (1 + scale * torch.randn(B, C, 1, device=x.device))
+    if jitter > 0:
+        x = x + jitter * x.std(-1, keepdim=True) * torch.randn_like(x)
+    m = round(shift * T)
+    if m > 0:
+        s = torch.randint(-m, m + 1, (B, 1, 1), device=x.device)
+        idx = (torch.arange(T, device=x.device).view(1, 1, T) - s) % T          # out[t] = x[t - s]
+        x = torch.gather(x, 2, idx.expand(B, C, T))
+    out = dict(batch)
+    out["x"] = x
+    return out
 
 
 def mix_batch(batch: Dict, a: float) -> Dict:
@@ -256,6 +277,8 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
         for batch in loader:
             if step >= total:
                 break
+            if any(v > 0 for v in spec.augment.values()):
+                batch = augment_batch(batch, **spec.augment)
             if spec.mixup > 0:
                 batch = mix_batch(batch, spec.mixup)
             t_out = teacher_outputs(spec.teacher, batch)

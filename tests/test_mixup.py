@@ -1,5 +1,7 @@
-"""train.mixup: a mixed batch is a convex pair of windows, the own losses become the mixup cross-entropy,
-the teacher is asked about the mixed windows (so no cache, no label-reading teacher: refused at load)."""
+"""train.mixup and train.augment: a mixed batch is a convex pair of windows, the own losses become the
+mixup cross-entropy; an augmented window is the original under a gain, noise or a circular shift, with its
+label; the teacher is asked about the changed windows (so no cache, no label-reading teacher under mixup:
+refused at load)."""
 import json
 
 import pytest
@@ -10,7 +12,7 @@ import distill
 from conftest import TINY
 from kd.config import ConfigError, load_config
 from kd.distiller import own_losses
-from kd.engine import mix_batch
+from kd.engine import augment_batch, mix_batch
 from kd.outputs import Outputs
 
 
@@ -66,3 +68,47 @@ def test_a_student_learns_from_a_live_teacher_on_mixed_windows(tmp_path, text_ca
     results = json.loads((run_dir / "results.json").read_text())
     assert {"teacher", "student", "baseline"} <= set(results)
     assert results["student"]["train"]["steps"] == 2
+
+
+def windows(B=4, C=3, T=200):
+    torch.manual_seed(0)
+    return {"x": torch.randn(B, C, T) + torch.linspace(0, 3, T), "y": torch.arange(B)}
+
+
+def test_augmentation_gain_is_one_factor_per_window_and_channel():
+    b = windows()
+    torch.manual_seed(1)
+    out = augment_batch(b, scale=0.2)
+    ratio = out["x"] / b["x"]
+    assert torch.allclose(ratio, ratio[..., :1].expand_as(ratio), atol=1e-5)      # constant in time
+    assert ratio[..., 0].std() > 0.05 and torch.equal(out["y"], b["y"])
+
+
+def test_augmentation_noise_has_the_asked_size_relative_to_each_channel():
+    b = windows(T=20000)
+    b["x"][:, 1] *= 10.0                                                          # one loud channel
+    torch.manual_seed(2)
+    noise = augment_batch(b, jitter=0.1)["x"] - b["x"]
+    ratio = noise.std(-1) / b["x"].std(-1)
+    assert torch.allclose(ratio, torch.full_like(ratio, 0.1), rtol=0.05)
+
+
+def test_augmentation_shift_is_a_circular_roll_within_the_limit():
+    b = windows(T=50)
+    torch.manual_seed(3)
+    out = augment_batch(b, shift=0.1)["x"]
+    for i in range(4):
+        rolls = [s for s in range(-5, 6) if torch.equal(out[i], torch.roll(b["x"][i], s, dims=-1))]
+        assert len(rolls) == 1                                                    # found by brute force
+    assert torch.equal(augment_batch(b)["x"], b["x"])                            # all off: unchanged
+
+
+def test_augmentation_needs_a_live_teacher_and_sane_values():
+    with pytest.raises(ConfigError, match="train.augment changes every training window"):
+        load_config("configs/ensemble_wrn16_1.yaml", ["train.augment.scale=0.1"])
+    with pytest.raises(ConfigError, match=r"train.augment.jitter=-0.1 must be >= 0"):
+        load_config("configs/baseline_wrn16_1.yaml", ["train.augment.jitter=-0.1"])
+    with pytest.raises(ConfigError, match=r"train.augment.shift=0.7 must be <= 0.5"):
+        load_config("configs/baseline_wrn16_1.yaml", ["train.augment.shift=0.7"])
+    # labels stay: a text-guided teacher may teach with the class text on augmented windows
+    load_config("configs/default.yaml", ["train.augment.scale=0.1", "train.cache_teacher=false"])
