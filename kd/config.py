@@ -505,15 +505,15 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"train.augment.{key}={a[key]} must be >= 0 (0 = off)")
     if a.shift > 0.5:
         raise ConfigError(f"train.augment.shift={a.shift} must be <= 0.5 (a fraction of the window, either way)")
-    augmented = any(a[k] > 0 for k in ("scale", "jitter", "shift"))
-    if augmented and cfg.teacher.arch != "none" and cfg.stage != "teacher" and cfg.train.cache_teacher:
-        raise ConfigError("train.augment changes every training window at each step, which a cache of the "
-                          "unchanged windows cannot answer: set train.cache_teacher=false")
-    if cfg.train.mixup > 0 and cfg.teacher.arch != "none" and cfg.stage != "teacher":
+    # windows changed at every step (augment, then mixup) are shown to the teacher live, never looked up
+    changed = [k for k, on in (("train.augment", any(a[k] > 0 for k in ("scale", "jitter", "shift"))),
+                               ("train.mixup", cfg.train.mixup > 0)) if on]
+    if changed and cfg.teacher.arch != "none" and cfg.stage != "teacher":
         if cfg.train.cache_teacher:
-            raise ConfigError("train.mixup > 0 asks the teacher about each mixed batch, which a cache of the "
-                              "unmixed windows cannot answer: set train.cache_teacher=false")
-        if cfg.teacher.arch == "vqshape" and cfg.teacher.text_guidance and cfg.teacher.fusion.teach_keys == "class":
+            raise ConfigError(f"{changed[0]} changes every training window at each step, which a cache of the "
+                              f"unchanged windows cannot answer: set train.cache_teacher=false")
+        if cfg.train.mixup > 0 and cfg.teacher.arch == "vqshape" and cfg.teacher.text_guidance \
+                and cfg.teacher.fusion.teach_keys == "class":
             raise ConfigError("train.mixup > 0 with a teacher that teaches with the class text of one label "
                               "(teacher.fusion.teach_keys=class), which a mixed window does not have: set "
                               "teacher.fusion.teach_keys=vocab (no label) or train.mixup=0")

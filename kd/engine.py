@@ -170,7 +170,7 @@ def augment_batch(batch: Dict, scale: float = 0.0, jitter: float = 0.0, shift: f
 
 def mix_batch(batch: Dict, a: float) -> Dict:
     """Mixup of one training batch: x <- lam x + (1 - lam) x[perm], lam ~ Beta(a, a) (one per batch, from
-    the torch RNG the loop seeds per epoch); the pair's labels and lam go under "mix" for `mixed_losses`."""
+    the torch RNG the loop seeds per epoch); the pair's labels and lam go under "mix" for `kd.distiller.own_losses`."""
     lam = float(torch.distributions.Beta(a, a).sample())
     perm = torch.randperm(batch["x"].shape[0], device=batch["x"].device)
     out = dict(batch)

@@ -43,18 +43,14 @@ class Ensemble(nn.Module):
         log_p = torch.log_softmax(member_logits.float(), dim=-1)
         return torch.logsumexp(log_p, dim=0) - math.log(member_logits.shape[0])
 
-    def member_outputs(self, x: torch.Tensor) -> List[Outputs]:
-        return [m(x) for m in self.members]
-
-    def join(self, outs: List[Outputs]) -> Outputs:
+    def forward(self, x: torch.Tensor, mix=None) -> Outputs:
+        """The ensemble's outputs, each member's own under extra["member<i>"] (what `losses` reads)."""
+        if mix is not None:
+            raise ValueError("an ensemble teacher is not a student: it has no workspace read-out")
+        outs = [m(x) for m in self.members]
         return Outputs(logits=self.combine(torch.stack([o.logits for o in outs])),
                        features=torch.cat([o.features for o in outs], dim=1),
                        extra={f"member{i}": o for i, o in enumerate(outs)})
-
-    def forward(self, x: torch.Tensor, mix=None) -> Outputs:
-        if mix is not None:
-            raise ValueError("an ensemble teacher is not a student: it has no workspace read-out")
-        return self.join(self.member_outputs(x))
 
     # -- the engine's protocol -------------------------------------------------------------
     def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Outputs:
