@@ -60,7 +60,16 @@ def test_mixup_mistakes_fail_at_load_naming_the_fix():
     load_config("configs/ensemble_wrn16_1.yaml", ["train.mixup=1.0", "stage=teacher"])   # teacher stage: unmixed
 
 
-def test_a_student_learns_from_a_live_teacher_on_mixed_windows(tmp_path, text_cache):
+def test_a_student_learns_from_a_live_teacher_on_mixed_windows(tmp_path, text_cache, monkeypatch):
+    import kd.engine
+    asked, live = [], kd.engine.teacher_outputs
+
+    def recording(teacher, batch):                     # what the student stage shows its teacher
+        if teacher is not None:
+            asked.append("mix" in batch)
+        return live(teacher, batch)
+
+    monkeypatch.setattr(kd.engine, "teacher_outputs", recording)
     run_dir = tmp_path / "mix"
     distill.main(["--config", "configs/ensemble_wrn16_1.yaml", *TINY, f"run_dir={run_dir}",
                   f"text.cache_dir={text_cache}", "train.mixup=0.4", "train.cache_teacher=false",
@@ -68,6 +77,7 @@ def test_a_student_learns_from_a_live_teacher_on_mixed_windows(tmp_path, text_ca
     results = json.loads((run_dir / "results.json").read_text())
     assert {"teacher", "student", "baseline"} <= set(results)
     assert results["student"]["train"]["steps"] == 2
+    assert asked == [True, True]   # the teacher saw the mixed windows, live
 
 
 def windows(B=4, C=3, T=200):
