@@ -229,6 +229,19 @@ class CNNConfig:
 
 
 @dataclass
+class TopoConfig:
+    """The topological teacher (teachers/topo.py): persistence images of each z-normalised channel's
+    sublevel and superlevel 0-dimensional diagrams, on a (birth, persistence) grid in units of the
+    channel's std, read by an MLP."""
+    pixel_size: float = 0.25
+    sigma: float = 0.05               # variance of the Gaussian around each diagram point
+    birth_range: float = 3.0          # births on [-birth_range, birth_range]
+    pers_max: float = 4.0             # persistences on [0, pers_max]
+    hidden: int = 128                 # the MLP's hidden width: the teacher's feature
+    dropout: float = 0.3
+
+
+@dataclass
 class TeacherConfig:
     arch: str = "vqshape"             # "vqshape" or a student arch name (a CNN used as a teacher)
     text_guidance: bool = True        # vqshape only: MMVQShape text fusion on/off
@@ -236,6 +249,7 @@ class TeacherConfig:
     vqshape: VQShapeConfig = field(default_factory=VQShapeConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
+    topo: TopoConfig = field(default_factory=TopoConfig)
     # A CNN teacher only: train this many copies from different initialisations and teach with their
     # averaged class probabilities (teachers/ensemble.py); 1 = a single network.
     members: int = 1
@@ -494,9 +508,11 @@ def validate_config(cfg: DictConfig) -> None:
                               f"needs {side}.vqshape.code_input=subsequence (it is {v.code_input!r})")
     if cfg.teacher.members < 1:
         raise ConfigError(f"teacher.members={cfg.teacher.members} must be >= 1 (1: a single teacher network)")
-    if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "none"):
+    if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "topo", "none"):
         raise ConfigError(f"teacher.members={cfg.teacher.members} builds an ensemble of CNN teachers; "
                           f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
+    if cfg.teacher.arch == "topo":
+        check_topo(cfg.teacher.topo)
     if cfg.train.mixup < 0:
         raise ConfigError(f"train.mixup={cfg.train.mixup} must be >= 0 (the Beta(a, a) parameter; 0 = off)")
     a = cfg.train.augment
@@ -541,6 +557,18 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"kd.extra_teachers names must be unique, got {extra}")
     if cfg.teacher.arch != "none":   # checks of the distillation settings, before anything trains
         check_kd(cfg.kd, names)
+
+
+def check_topo(t: DictConfig) -> None:
+    for key in ("pixel_size", "sigma", "birth_range", "pers_max", "hidden"):
+        if t[key] <= 0:
+            raise ConfigError(f"teacher.topo.{key}={t[key]} must be > 0")
+    for key, extent in (("birth_range", 2 * t.birth_range), ("pers_max", t.pers_max)):
+        if extent < t.pixel_size:
+            raise ConfigError(f"teacher.topo.{key}={t[key]} gives a grid narrower than one pixel "
+                              f"(teacher.topo.pixel_size={t.pixel_size}): raise it or lower the pixel size")
+    if not 0 <= t.dropout < 1:
+        raise ConfigError(f"teacher.topo.dropout={t.dropout} must lie in [0, 1)")
 
 
 KD_LOSS_KEYS = ("logit_kd", "attr", "code_kl", "action_kl", "feature", "sp")

@@ -226,11 +226,20 @@ class Run:
     config: Optional[Dict] = None  # the config a finished run must have (SAME_RUN_IGNORES left out)
 
 
+# The teacher.* sections each teacher architecture reads (a CNN teacher reads teacher.cnn); the others
+# cannot change its teacher, so they are not part of its key.
+ARCH_SECTIONS = {"vqshape": ("vqshape", "fusion"), "topo": ("topo",)}
+
+
 def teacher_key(cfg) -> Optional[str]:
     """A short hash of everything a run's teacher depends on (None: no teacher)."""
     if cfg.teacher.arch == "none":
         return None
     d = comparable(cfg, (*NOT_TEACHER_KEYS, "teacher.checkpoint"))
+    reads = ARCH_SECTIONS.get(cfg.teacher.arch, ("cnn",))
+    for section in ("vqshape", "fusion", "cnn", "topo"):
+        if section not in reads:
+            d["teacher"].pop(section)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from teachers.ensemble import Ensemble
 from teachers.mmvqshape import MMVQShape
+from teachers.topo import TopoTeacher
 from kd.vqshape import VQShape
 
 
@@ -27,7 +28,11 @@ def _student_as_teacher(arch: str) -> Callable:
     return build
 
 
-TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape}
+def _topo(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
+    return TopoTeacher(cfg.topo, num_channels, num_classes)
+
+
+TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape, "topo": _topo}
 TEACHERS.update({arch: _student_as_teacher(arch) for arch in ("wrn16_1", "wrn16_3", "resnet")})
 
 
@@ -35,6 +40,8 @@ def teacher_class(cfg) -> type:
     """The class `build_teacher(cfg, ...)` builds, known from the config alone (kd/contract.py)."""
     if cfg.arch == "vqshape":
         return MMVQShape if cfg.text_guidance else VQShape
+    if cfg.arch == "topo":
+        return TopoTeacher
     from students import STUDENT_CLASSES
     if cfg.arch not in TEACHERS:
         raise ValueError(f"unknown teacher arch {cfg.arch!r}; known: {sorted(TEACHERS)}")
