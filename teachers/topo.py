@@ -13,7 +13,8 @@ std (which the z-normalisation removes) are read beside them.
 
 The images are not differentiable in x and do not need to be: the teacher's input transform is fixed.
 They are computed once per distinct window (on the CPU, about 1 ms per diagram) and kept in memory,
-keyed by the window's bytes, so every later epoch and the student stage look them up.
+keyed by the window's bytes, so every later epoch and the student stage look them up; the oldest are
+dropped beyond `cache_windows` (windows that change at every step, e.g. mixup, are never seen twice).
 The classifier is an MLP on all channels' standardised pixels and statistics; its hidden layer is the
 teacher's feature (one token), which a student reads through a similarity-preserving loss (sp) or a
 workspace source.
@@ -21,6 +22,7 @@ workspace source.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from typing import Dict, Optional
 
 import numpy as np
@@ -84,6 +86,8 @@ class TopoTeacher(nn.Module):
     TEACH_OUTPUTS = OUTPUTS | {"feature_tokens"}
     num_actions = 0
 
+    cache_windows = 20_000          # about 18 KB each for 6 channels on the default grid
+
     def __init__(self, cfg, num_channels: int, num_classes: int):
         super().__init__()
         self.images = PersistenceImages(cfg.pixel_size, cfg.sigma, cfg.birth_range, cfg.pers_max)
@@ -92,7 +96,7 @@ class TopoTeacher(nn.Module):
         self.input_norm = nn.BatchNorm1d(dim_in)       # standardises every pixel and statistic over the data
         self.body = nn.Sequential(nn.Linear(dim_in, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout))
         self.head = nn.Linear(cfg.hidden, num_classes)
-        self._cache: Dict[bytes, torch.Tensor] = {}
+        self._cache: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()
 
     def topology(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, T) -> (B, C*2*H*W) flattened persistence images, each window's computed once."""
@@ -101,6 +105,8 @@ class TopoTeacher(nn.Module):
             key = hashlib.blake2b(w.tobytes(), digest_size=16).digest()
             if key not in self._cache:
                 self._cache[key] = torch.from_numpy(self.images(w)).flatten()
+                while len(self._cache) > self.cache_windows:
+                    self._cache.popitem(last=False)
             rows.append(self._cache[key])
         return torch.stack(rows).to(x.device)
 

@@ -91,7 +91,12 @@ def test_each_window_is_computed_once_and_a_batch_equals_its_windows(monkeypatch
         one_by_one = torch.cat([teacher(x[i:i + 1]).logits for i in range(4)])
         assert torch.allclose(batch, one_by_one, atol=1e-6)
         teacher(x + 1e-3)
-    assert len(calls) == 8                                                  # a changed window is a new key
+        assert len(calls) == 8                                              # a changed window is a new key
+        teacher.cache_windows = 5
+        teacher(x[:1] - 1.0)
+        assert len(teacher._cache) == 5                                     # the oldest dropped, not grown
+        teacher(x[:1])
+        assert len(calls) == 10                                             # ... and computed again when asked
 
 
 def test_declared_teach_outputs_are_the_real_ones():
