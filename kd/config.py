@@ -369,6 +369,9 @@ class TrainConfig:
     # ("function matching", Beyer et al. 2022, https://arxiv.org/abs/2106.05237): so it needs
     # cache_teacher=false and a teacher that does not read the labels. 0 = off.
     mixup: float = 0.0
+    # Student and baseline stages: validate, select and keep an exponential moving average of the weights
+    # with this decay (kd/engine.py WeightAverage; e.g. 0.99 ~ the last 100 steps); 0 = off.
+    ema: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Which epoch's weights a stage keeps: "best_val" = the best validation macro-F1 (validation
     # subjects only; the test split is never looked at during training), "last" = the last epoch.
@@ -513,6 +516,8 @@ def validate_config(cfg: DictConfig) -> None:
                           f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
     if cfg.teacher.arch == "topo":
         check_topo(cfg.teacher.topo)
+    if not 0 <= cfg.train.ema < 1:
+        raise ConfigError(f"train.ema={cfg.train.ema} must lie in [0, 1) (the decay of the weight average; 0 = off)")
     if cfg.train.mixup < 0:
         raise ConfigError(f"train.mixup={cfg.train.mixup} must be >= 0 (the Beta(a, a) parameter; 0 = off)")
     a = cfg.train.augment

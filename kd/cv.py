@@ -53,7 +53,8 @@ HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "
 SAME_RUN_IGNORES = (*IGNORED_FOR_RERUN, "run_dir", "teacher.checkpoint")
 # Keys a run's teacher does not depend on: two methods whose configs differ only here share one teacher.
 NOT_TEACHER_KEYS = ("run_dir", "seed", "stage", "resume", "overwrite", "student", "kd", "train.epochs", "train.lr",
-                    "train.baseline", "train.num_threads", "train.mixup", "train.cache_teacher", "train.augment")
+                    "train.baseline", "train.num_threads", "train.mixup", "train.cache_teacher", "train.augment",
+                    "train.ema")
 
 
 @dataclass

@@ -17,6 +17,7 @@ import math
 import shutil
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
@@ -146,6 +147,46 @@ class StageSpec:
     constants: Dict[str, float] = field(default_factory=dict)
     mixup: float = 0.0                           # Beta(a, a) parameter of train.mixup; 0 = off
     augment: Dict[str, float] = field(default_factory=dict)   # train.augment: scale, jitter, shift (0 = off)
+    ema: float = 0.0                             # train.ema: decay of the weight average (0 = off)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (`train.ema` = its decay; Polyak averaging):
+    after every optimizer step a <- d_t a + (1 - d_t) w for each floating-point tensor of the state dict
+    (BatchNorm statistics included; integer counters are copied), with d_t = min(decay, (1 + t) / (10 + t))
+    so the first steps are not averaged with the random initialisation. The raw weights keep training;
+    validation, the choice of epoch and the weights a stage ends with are the averaged ones."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay, self.updates = model, decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in self.model.state_dict().items():
+            a = self.shadow[k]
+            if a.is_floating_point():
+                a.mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                a.copy_(v)
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights; after it, its own again."""
+        raw = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.shadow)
+        yield
+        self.model.load_state_dict(raw)
+
+    # registered with Accelerate, so an interrupted run resumes with its average
+    def state_dict(self) -> Dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.updates = state["updates"]
+        self.shadow = {k: v.to(self.shadow[k].device) for k, v in state["shadow"].items()}
 
 
 def augment_batch(batch: Dict, scale: float = 0.0, jitter: float = 0.0, shift: float = 0.0) -> Dict:
@@ -245,6 +286,9 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
     # registered so save_state/load_state still carry it.
     task, optimizer, loader = accel.prepare(task, optimizer, loader)
     accel.register_for_checkpointing(scheduler)
+    ema = WeightAverage(accel.unwrap_model(task), spec.ema) if spec.ema > 0 else None
+    if ema is not None:
+        accel.register_for_checkpointing(ema)
     val_loader = accel.prepare(eval_loader(val_ds, cfg.data.eval_batch_size)) if val_ds is not None and len(val_ds) else None
 
     state_dir = run_dir / "state" / spec.name
@@ -300,13 +344,16 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
             step += 1
             bar.update(1)
             meter.add({f"loss_{k}": v for k, v in terms.items()}, extras, loss)
             if writer is not None and (step % tc.log_every == 0 or step == total):
                 meter.write(writer, step, scheduler.get_last_lr()[0], skipped)
-        val = validate(accel, spec, task, val_loader, class_names, writer, step)
-        best.offer(accel, task, epoch, val)
+        with ema.averaged() if ema is not None else nullcontext():
+            val = validate(accel, spec, task, val_loader, class_names, writer, step)
+            best.offer(accel, task, epoch, val)
         save_state(accel, state_dir, {"epoch": epoch, "step": step, "best": best.record()}, task)
         if not tty:
             accel.print(f"[{spec.name}] epoch {epoch + 1}/{spec.epochs}: step {step}/{total}, "
@@ -315,6 +362,8 @@ def fit(accel: Accelerator, cfg, spec: StageSpec, task: nn.Module, train_ds: Dat
     if writer is not None:
         writer.close()
     summary = {"steps": step, "skipped_steps": skipped, "wall_s": time.time() - t0, "val_last": val}
+    if ema is not None:
+        accel.unwrap_model(task).load_state_dict(ema.shadow)
     summary.update(best.apply(accel, task, spec.name))
     summary["val"] = summary.get("val_selected", val)
     return summary

@@ -241,7 +241,7 @@ def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,
         accel.print(f"[student] teacher outputs of {len(splits.train)} training windows cached "
                     f"({source.nbytes / 2**20:.0f} MiB, {time.time() - t0:.0f} s)")
     spec = StageSpec("student", cfg.train.epochs, cfg.train.lr, teacher=source, select=cfg.train.select,
-                     mixup=cfg.train.mixup, augment=dict(cfg.train.augment),
+                     mixup=cfg.train.mixup, augment=dict(cfg.train.augment), ema=cfg.train.ema,
                      constants=teacher_val_scores(accel, cfg, splits, {"main": teacher, **(extras or {})}))
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
@@ -268,7 +268,7 @@ def train_baseline(cfg, splits, run_dir: Path) -> Tuple[nn.Module, Dict]:
     set_seed(cfg.seed)
     task = OwnLossTask(new_student(cfg, splits))
     spec = StageSpec("baseline", cfg.train.epochs, cfg.train.lr, select=cfg.train.select, mixup=cfg.train.mixup,
-                     augment=dict(cfg.train.augment))
+                     augment=dict(cfg.train.augment), ema=cfg.train.ema)
     summary = fit(accel, cfg, spec, task, splits.train, splits.val, splits.class_names, run_dir)
     student = accel.unwrap_model(task).model
     if accel.is_main_process:
