@@ -30,9 +30,6 @@ import scipy.sparse as sparse
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from persim import PersistenceImager
-from ripser import ripser
-
 from kd.layers import check_finite_input, check_rank
 from kd.outputs import Outputs
 
@@ -41,6 +38,7 @@ def lower_star_diagram(v: np.ndarray) -> np.ndarray:
     """(T,) -> (k, 2) finite (birth, death) pairs of the 0-dimensional sublevel-set persistence of v on
     the path graph: vertex i enters at v[i], edge (i, i+1) at max(v[i], v[i+1]). The essential class
     (the global minimum, never dying) is dropped: every window has exactly one."""
+    from ripser import ripser   # imported here: only this teacher needs it
     n = len(v)
     i = np.arange(n - 1)
     rows = np.concatenate([np.arange(n), i])
@@ -57,6 +55,7 @@ class PersistenceImages:
     [0, pers_max] in units of the channel's std."""
 
     def __init__(self, pixel_size: float, sigma: float, birth_range: float, pers_max: float):
+        from persim import PersistenceImager   # imported here (with matplotlib and scikit-learn): only this teacher needs it
         self.imager = PersistenceImager(birth_range=(-birth_range, birth_range), pers_range=(0.0, pers_max),
                                         pixel_size=pixel_size, kernel_params={"sigma": [[sigma, 0.0], [0.0, sigma]]})
         self.shape = tuple(int(r) for r in self.imager.resolution)            # (H, W)
