@@ -238,9 +238,8 @@ def teacher_key(cfg) -> Optional[str]:
         return None
     d = comparable(cfg, (*NOT_TEACHER_KEYS, "teacher.checkpoint"))
     reads = ARCH_SECTIONS.get(cfg.teacher.arch, ("cnn",))
-    for section in ("vqshape", "fusion", "cnn", "topo"):
-        if section not in reads:
-            d["teacher"].pop(section)
+    for section in {"cnn", *(s for sections in ARCH_SECTIONS.values() for s in sections)} - set(reads):
+        d["teacher"].pop(section)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 

@@ -160,15 +160,20 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.model, self.decay, self.updates = model, decay, 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # what changes during training: trainable parameters and buffers (a frozen teacher inside the task
+        # keeps its copy as it is). The state dict's tensors share storage with the model's, which the
+        # optimizer and load_state_dict update in place, so the pairs are found once.
+        frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+        self.pairs = [(k, v) for k, v in model.state_dict().items() if k not in frozen]
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for k, v in self.model.state_dict().items():
+        for k, v in self.pairs:
             a = self.shadow[k]
             if a.is_floating_point():
-                a.mul_(d).add_(v.detach(), alpha=1 - d)
+                a.mul_(d).add_(v, alpha=1 - d)
             else:
                 a.copy_(v)
 

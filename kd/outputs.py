@@ -75,3 +75,23 @@ class Outputs:
 FIELDS = tuple(f.name for f in fields(Outputs) if f.name not in ("extra", "own"))
 # Outputs shaped (B, tokens, d): token sequences a workspace knowledge source can read.
 TOKEN_OUTPUTS = ("shape_tokens", "action_tokens", "feature_tokens")
+
+
+class Classifier:
+    """The engine's protocol for a model trained on its cross-entropy alone whose `forward(x)` returns
+    Outputs with logits and features (B, D, L) (the CNN students, the topological teacher): as a
+    teacher it teaches its features as tokens (B, L, D), a workspace source; labels are unused."""
+
+    def fit_forward(self, batch: Dict[str, Tensor]) -> Outputs:
+        return self(batch["x"])
+
+    def losses(self, out: Outputs, y: Tensor) -> Dict[str, Tensor]:
+        return {"ce": torch.nn.functional.cross_entropy(out.logits, y)}
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self(x).logits
+
+    def teach(self, x: Tensor, y: Optional[Tensor] = None) -> Outputs:
+        out = self(x)
+        out.feature_tokens = out.features.transpose(1, 2)
+        return out

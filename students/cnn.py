@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from students.adapter import TokenAdapter
 from kd.layers import check_finite_input, check_rank
-from kd.outputs import Outputs
+from kd.outputs import Classifier, Outputs
 
 
 def same_conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv1d:
@@ -23,8 +21,8 @@ def check_odd_kernel(kernel: int) -> None:
         raise ValueError(f"cnn.kernel_size={kernel} must be odd and positive ('same' padding)")
 
 
-class CNNStudent(nn.Module):
-    """encode / decode split plus the engine's protocol. Subclasses build `self.body`
+class CNNStudent(Classifier, nn.Module):
+    """encode / decode split; the engine's protocol from `Classifier`. Subclasses build `self.body`
     (x [B, C, T] -> features [B, D, L]), set `feature_dim`, `strides` and `cfg`."""
 
     # the Outputs fields distillation may read (kd/contract.py): forward as a student, `teach` as a teacher
@@ -63,22 +61,6 @@ class CNNStudent(nn.Module):
         for s in self.strides:
             T = math.ceil(T / s)
         return T
-
-    # -- the engine's protocol -------------------------------------------------------------
-    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Outputs:
-        return self(batch["x"])
-
-    def losses(self, out: Outputs, y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(out.logits, y)}
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).logits
-
-    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Outputs:
-        """Outputs when this CNN is the teacher (labels unused: a CNN never reads text)."""
-        out = self(x)
-        out.feature_tokens = out.features.transpose(1, 2)                   # (B, L, D): a workspace source
-        return out
 
     def token_adapter(self, num_tokens: int, dim_code: int, input_length: int = 512) -> TokenAdapter:
         """A fresh adapter from this model's features to a teacher grid of `num_tokens` tokens."""

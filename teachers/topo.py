@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Dict, Optional
 
 import numpy as np
 import scipy.sparse as sparse
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
 from kd.layers import check_finite_input, check_rank
-from kd.outputs import Outputs
+from kd.outputs import Classifier, Outputs
 
 
 def lower_star_diagram(v: np.ndarray) -> np.ndarray:
@@ -78,8 +77,9 @@ class PersistenceImages:
         return out
 
 
-class TopoTeacher(nn.Module):
-    """Persistence images + channel statistics -> MLP -> class logits; the hidden layer is its feature."""
+class TopoTeacher(Classifier, nn.Module):
+    """Persistence images + channel statistics -> MLP -> class logits; the hidden layer is its feature
+    (B, D, 1), taught as one token (the engine's protocol from `Classifier`)."""
 
     OUTPUTS = frozenset({"logits", "features"})
     TEACH_OUTPUTS = OUTPUTS | {"feature_tokens"}
@@ -117,18 +117,3 @@ class TopoTeacher(nn.Module):
         stats = torch.cat([x.mean(-1), x.std(-1).clamp_min(1e-6).log()], dim=-1)         # (B, 2C)
         h = self.body(self.input_norm(torch.cat([self.topology(x), stats], dim=-1)))     # (B, hidden)
         return Outputs(logits=self.head(h), features=h[..., None])                       # features (B, D, 1)
-
-    # -- the engine's protocol -------------------------------------------------------------
-    def fit_forward(self, batch: Dict[str, torch.Tensor]) -> Outputs:
-        return self(batch["x"])
-
-    def losses(self, out: Outputs, y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"ce": F.cross_entropy(out.logits, y)}
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self(x).logits
-
-    def teach(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> Outputs:
-        out = self(x)
-        out.feature_tokens = out.features.transpose(1, 2)                   # (B, 1, D): a workspace source
-        return out
