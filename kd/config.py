@@ -328,6 +328,7 @@ class KDConfig:
     attr: AttrLossConfig = field(default_factory=AttrLossConfig)
     code_kl: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(temperature=1.0))
     action_kl: LossConfig = field(default_factory=LossConfig)
+    sub_kl: LossConfig = field(default_factory=LossConfig)     # needs an ordered-alignment teacher
     feature: LossConfig = field(default_factory=LossConfig)
     sp: LossConfig = field(default_factory=LossConfig)
 
@@ -576,7 +577,7 @@ def check_topo(t: DictConfig) -> None:
         raise ConfigError(f"teacher.topo.dropout={t.dropout} must lie in [0, 1)")
 
 
-KD_LOSS_KEYS = ("logit_kd", "attr", "code_kl", "action_kl", "feature", "sp")
+KD_LOSS_KEYS = ("logit_kd", "attr", "code_kl", "action_kl", "sub_kl", "feature", "sp")
 
 
 def check_kd(kd: DictConfig, source_names: List[str]) -> None:

@@ -4,7 +4,8 @@ Every model class declares which fields of `kd.outputs.Outputs` it fills: a stud
 (`OUTPUTS`), a teacher's `teach` (`TEACH_OUTPUTS`). A student paired with a teacher that has shape tokens reaches
 the teacher's token space even without its own: a CNN through a token adapter onto the frozen
 codebook (`attr`, `code_dist`), and both CNN and VQShape students through the teacher's frozen action
-decoder (`action_logits`) when the teacher has one. `check_pairing` holds every knowledge source and
+decoder (`action_logits`) when the teacher has one; a CNN student of an ordered-alignment teacher also
+gets a sub-action head on its adapter tokens (`sub_logits`). `check_pairing` holds every knowledge source and
 every enabled KD loss against these declarations when the config is loaded, before anything is
 built or trained; tests hold each declaration against the real model's outputs.
 """
@@ -18,8 +19,12 @@ from kd.config import ConfigError, KD_LOSS_KEYS
 from kd.outputs import TOKEN_OUTPUTS
 
 def teacher_outputs(teacher_cfg) -> FrozenSet[str]:
+    """What the configured teacher's `teach` fills: its class's TEACH_OUTPUTS, or its `teach_outputs(cfg)`
+    where an option adds a field (an ordered-alignment MMVQShape's sub_logits)."""
     from teachers import teacher_class
-    return teacher_class(teacher_cfg).TEACH_OUTPUTS
+    cls = teacher_class(teacher_cfg)
+    declared = getattr(cls, "teach_outputs", None)
+    return frozenset(declared(teacher_cfg)) if declared is not None else cls.TEACH_OUTPUTS
 
 
 def student_outputs(arch: str, teacher_keys: Iterable[str]) -> FrozenSet[str]:
@@ -29,16 +34,19 @@ def student_outputs(arch: str, teacher_keys: Iterable[str]) -> FrozenSet[str]:
     if arch not in STUDENT_CLASSES:
         raise ConfigError(f"unknown student.arch {arch!r}; known: {sorted(STUDENT_CLASSES)}")
     own, t = set(STUDENT_CLASSES[arch].OUTPUTS), set(teacher_keys)
+    adapter = "attr" not in own                     # a CNN reaches the token space through a token adapter
     if "attr" in t:
         own |= {"attr", "code_dist"}
     if "action_logits" in t:
         own.add("action_logits")
+    if "sub_logits" in t and "attr" in t and adapter:   # a sub-action head on the adapter's tokens
+        own.add("sub_logits")
     return frozenset(own)
 
 
 # Losses on the teacher's token space: a CNN student reaches it through an adapter onto the main
 # teacher's frozen codebook and action decoder, so these read the main teacher only.
-TOKEN_LOSSES = ("attr", "code_kl", "action_kl")
+TOKEN_LOSSES = ("attr", "code_kl", "action_kl", "sub_kl")
 
 
 def loss_teacher(kd_cfg, loss: str) -> Optional[str]:

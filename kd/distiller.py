@@ -115,13 +115,15 @@ class Distiller(nn.Module):
         self.kd_cfg, self.student = kd_cfg, student
         s_out, t_out = probe["student"], probe["teacher"]
         self.loss_cfg = enabled_losses(kd_cfg)
-        self.adapter = self.tokens = None
+        self.adapter = self.tokens = self.sub_head = None
         # every source and loss was checked against the models' declared outputs at config load
         # (kd/contract.py); a CNN student reaches the teacher's token space through an adapter
         if any(n in self.loss_cfg for n in TOKEN_LOSSES) and s_out.attr is None:
             G, dc = t_out.attr["z_e"].shape[1:]
             self.adapter = student.token_adapter(G, dc)
             self.tokens = FrozenTokenSpace(teacher)
+            if "sub_kl" in self.loss_cfg:   # the teacher's label-free sub-action scores, read off each adapter token
+                self.sub_head = nn.Linear(self.adapter.dim, t_out.sub_logits.shape[-1])
         # a loss bound to a source reads the teacher that gives the source's tokens (None: the main one)
         self.teacher_of = {n: loss_teacher(kd_cfg, n) for n in self.loss_cfg}
         self.losses = nn.ModuleDict({n: build_loss(n, c, feature_dims(s_out), feature_dims(self.of(t_out, n)))
@@ -147,6 +149,8 @@ class Distiller(nn.Module):
         if self.adapter is not None:
             s_out.attr = self.adapter(s_out.features)
             self.tokens(s_out)
+            if self.sub_head is not None:
+                s_out.sub_logits = self.sub_head(s_out.attr["tokens"])         # (B, G, M)
         return s_out, info
 
     def sources_for_step(self, t_out: Optional[Outputs]) -> Optional[Dict]:

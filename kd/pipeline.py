@@ -442,4 +442,6 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
         if score is not None and role == "student" and distiller.has_action_tokens():
             from kd.recovery import student_tokens
             out[role]["subaction_recovery"] = score(student_tokens(distiller.eval()))
+            if distiller.sub_head is not None:   # the head distilled from the teacher's label-free scores
+                out[role]["subaction_recovery_scores"] = score(student_tokens(distiller, "sub_logits"))
     return out

@@ -121,11 +121,13 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
             "decoder_vocab_share": len(set(top.tolist())) / teacher.M, "tokens": tokens, "windows": windows}
 
 
-def student_tokens(distiller) -> TokenFn:
-    """A student's own tokens (VQShape student) or its adapter tokens (CNN), signal only."""
+def student_tokens(distiller, head: str = "action_logits") -> TokenFn:
+    """A student's own tokens (VQShape student) or its adapter tokens (CNN), signal only; head:
+    "action_logits" (the frozen action decoder on each token's code) or "sub_logits" (the student's
+    sub-action head, distilled from the teacher's label-free scores by sub_kl)."""
     def fn(x, y):
         s_out, _ = distiller.student_forward(x, None)
-        return s_out.attr["t"], s_out.attr["l"], s_out.action_logits
+        return s_out.attr["t"], s_out.attr["l"], s_out.get(head)
     return fn
 
 

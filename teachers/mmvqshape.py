@@ -78,6 +78,12 @@ class MMVQShape(VQShape):
 
     TEACH_OUTPUTS = VQShape.TEACH_OUTPUTS | {"action_logits", "action_tokens"}
 
+    @classmethod
+    def teach_outputs(cls, teacher_cfg) -> frozenset:
+        """TEACH_OUTPUTS, plus the label-free sub-action scores when ordered alignment gives them."""
+        aligned = teacher_cfg.fusion.action_target != "attention"
+        return cls.TEACH_OUTPUTS | ({"sub_logits"} if aligned else set())
+
     def __init__(self, cfg, fusion, num_channels: int, num_classes: int, vocab_emb: torch.Tensor,
                  class_index: torch.Tensor, class_mask: torch.Tensor, label_emb: torch.Tensor):
         super().__init__(cfg, num_channels, num_classes)
@@ -171,6 +177,8 @@ class MMVQShape(VQShape):
         t = self.teach_from(out, x.shape[0])
         t.action_logits = fold_tokens(out["action_logits"], x.shape[0])
         t.action_tokens = out["action_tokens"]                              # (B, Kp, d), zeros at padding
+        if self.aligned:                                                    # label-free: no class text read
+            t.sub_logits = fold_tokens(out["sub_scores"], x.shape[0])
         return t
 
     def fuse(self, h: torch.Tensor, batch: int, y: Optional[torch.Tensor], keys: str) -> Dict[str, torch.Tensor]:

@@ -17,11 +17,11 @@ PAIRINGS = [("vqshape", True, "wrn16_1"), ("vqshape", True, "vqshape_student"), 
             ("vqshape", False, "vqshape_student"), ("wrn16_3", False, "wrn16_1"), ("resnet", False, "wrn16_1")]
 
 
-def pairing_config(t_arch, text, s_arch, text_cache):
+def pairing_config(t_arch, text, s_arch, text_cache, extra=()):
     """The smoke pairing with every loss both declared sides allow switched on."""
     base = [*TINY, f"text.cache_dir={text_cache}", f"teacher.arch={t_arch}", f"teacher.text_guidance={text}",
             f"student.arch={s_arch}", "kd.workspace.enabled=false", "kd.coef=fixed", "kd.sources=[{name: a}]",
-            *(["train.teacher_ssl_epochs=0"] if t_arch != "vqshape" else [])]
+            *(["train.teacher_ssl_epochs=0"] if t_arch != "vqshape" else []), *extra]
     off = [f"kd.{n}.weight=0" for n in LOSSES]
     cfg = load_config("configs/synthetic_smoke.yaml", [*base, *off])
     t_keys = teacher_outputs(cfg.teacher)
@@ -32,12 +32,19 @@ def pairing_config(t_arch, text, s_arch, text_cache):
     return load_config("configs/synthetic_smoke.yaml", [*base, *off, *on]), t_keys, s_keys
 
 
-@pytest.mark.parametrize("t_arch,text,s_arch", PAIRINGS)
-def test_declared_outputs_are_the_real_ones(t_arch, text, s_arch, text_cache):
+ORDERED = ["teacher.fusion.action_target=ordered", "teacher.fusion.align_emission=codes",
+           "teacher.fusion.sub_input=window"]
+
+
+@pytest.mark.parametrize("t_arch,text,s_arch,extra", [(*p, ()) for p in PAIRINGS] + [
+    ("vqshape", True, "wrn16_1", ORDERED), ("vqshape", True, "vqshape_student", ORDERED)])
+def test_declared_outputs_are_the_real_ones(t_arch, text, s_arch, extra, text_cache):
     from kd.data import build_splits
     from kd.pipeline import build_distiller, sample_batch, text_tensors
     from teachers import build_teacher
-    cfg, t_keys, s_keys = pairing_config(t_arch, text, s_arch, text_cache)
+    cfg, t_keys, s_keys = pairing_config(t_arch, text, s_arch, text_cache, extra)
+    assert ("sub_logits" in t_keys) == bool(extra)                     # ordered alignment: label-free scores
+    assert ("sub_logits" in s_keys) == (bool(extra) and s_arch == "wrn16_1")   # a head on the adapter tokens
     splits = build_splits(cfg.data)
     torch.manual_seed(0)
     teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), text_tensors(cfg, splits)[0])
@@ -65,6 +72,12 @@ def test_pairing_mistakes_fail_at_config_load_naming_the_fix(text_cache):
         load_config("configs/wrn16_3_wrn16_1.yaml", ["kd.attr.weight=1.0", "kd.attr.source=teacher"])
     load_config("configs/wrn16_3_wrn16_1.yaml", ["kd.sp.weight=1.0", "kd.sp.source=teacher"])   # features: fine
     load_config("configs/default.yaml", ["teacher.text_guidance=false", "stage=teacher"])   # nothing distilled
+    with pytest.raises(ConfigError, match=r"kd.sub_kl needs 'sub_logits' from the teacher \(teacher.arch=vqshape "
+                                          r"with text_guidance=true\).*set kd.sub_kl.weight=0"):
+        load_config("configs/default.yaml", ["kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"])   # attention target
+    with pytest.raises(ConfigError, match="kd.sub_kl needs 'sub_logits' from the student"):
+        load_config("configs/synthetic_subactions.yaml", ["student.arch=vqshape_student", "kd.sub_kl.weight=1.0"])
+    load_config("configs/synthetic_subactions.yaml", ["kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"])
 
 
 def test_check_outputs_names_loss_key_and_side():

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from kd.config import AttrLossConfig, LossConfig, TemperatureLossConfig
 from kd.outputs import Outputs
 from kd.losses import (LOSSES, action_kl_loss, attr_loss, build_loss, code_kl_loss,
-                       feature_hint_loss, logit_kd_loss, sp_loss)
+                       feature_hint_loss, logit_kd_loss, sp_loss, sub_kl_loss)
 
 B, G, DC, K, M, N_CLS = 3, 4, 2, 5, 6, 7
 DIMS_S, DIMS_T = {"feature_dim": 8, "feature_len": 10}, {"feature_dim": 5, "feature_len": 6}
@@ -33,6 +33,7 @@ def fake_out(dims, seed, dtype=torch.float32, grad=False):
                    attr={"z_e": r(B, G, DC), **{a: r(B, G, 1) for a in ATTR[1:]}},
                    code_dist=(torch.rand(B, G, K, generator=g) * 4).to(dtype).requires_grad_(grad),
                    action_logits=r(B, G, M, scale=2.0),
+                   sub_logits=r(B, G, M, scale=2.0),
                    features=r(B, dims["feature_dim"], dims["feature_len"]))
 
 
@@ -110,6 +111,17 @@ def test_action_kl_matches_numpy_and_vanishes_on_identity():
     assert action_kl_loss(a_s, a_t).item() != pytest.approx(action_kl_loss(a_t, a_s).item(), rel=1e-3)  # direction
     with pytest.raises(ValueError, match="action_kl: student action_logits"):
         action_kl_loss(torch.zeros(2, 3, 4), torch.zeros(2, 1, 4))   # would silently broadcast otherwise
+
+
+def test_sub_kl_is_the_token_kl_of_the_label_free_scores():
+    """sub_kl: the same per-token KL as action_kl, over the whole vocabulary, named after its own field."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 5, 7, generator=g) * 2, torch.randn(2, 5, 7, generator=g) * 2
+    ref = np_kl(softmax(t.numpy()), softmax(s.numpy()))
+    assert sub_kl_loss(s, t).item() == pytest.approx(ref, rel=1e-5)
+    assert sub_kl_loss(t, t.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="sub_kl: student sub_logits"):
+        sub_kl_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5))
 
 
 # --------------------------------------------------------------------------- attributes
@@ -201,10 +213,11 @@ def test_sp_loss_zero_scale_invariant_and_matches_numpy():
 
 # --------------------------------------------------------------------------- modules
 def test_registry_and_requires():
-    assert set(LOSSES) == {"logit_kd", "attr", "code_kl", "action_kl", "feature", "sp"}
+    assert set(LOSSES) == {"logit_kd", "attr", "code_kl", "action_kl", "sub_kl", "feature", "sp"}
     assert {n: c.requires for n, c in LOSSES.items()} == {
         "logit_kd": ("logits",), "attr": ("attr",), "code_kl": ("code_dist",),
-        "action_kl": ("action_logits",), "feature": ("features",), "sp": ("features",)}
+        "action_kl": ("action_logits",), "sub_kl": ("sub_logits",), "feature": ("features",),
+        "sp": ("features",)}
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -240,6 +253,7 @@ def test_pure_functions_compute_in_fp32_under_autocast():
         "logit_kd": lambda o, p: logit_kd_loss(o.logits, p.logits, 4.0),
         "code_kl": lambda o, p: code_kl_loss(o.code_dist, p.code_dist, 0.1),
         "action_kl": lambda o, p: action_kl_loss(o.action_logits, p.action_logits),
+        "sub_kl": lambda o, p: sub_kl_loss(o.sub_logits, p.sub_logits),
         "attr": lambda o, p: attr_loss(o.attr, p.attr, {a: 1.0 for a in ATTR}),
         "feature": lambda o, p: feature_hint_loss(o.features[..., :4], p.features),   # with interpolation
         "sp": lambda o, p: sp_loss(o.features, p.features),

@@ -62,3 +62,49 @@ def test_synthetic_run_reports_recovery_for_teacher_and_student(tmp_path, text_c
         assert 0.0 <= rec["token_acc"] <= 1.0 and 0.0 <= rec["step_acc"] <= 1.0 and 0 < rec["majority"] < 1
         assert rec["chance_uniform"] == pytest.approx(0.1)
         assert rec["tokens"] == results["data"]["windows"]["test"] * 3 * 16      # C * N tokens per window
+
+
+def ordered_sub_kl_distiller(text_cache):
+    """A CNN student of an ordered-alignment teacher (tiny, untrained) distilling its label-free scores."""
+    from kd.config import load_config
+    from kd.data import build_splits
+    from kd.pipeline import build_distiller, text_tensors
+    from teachers import build_teacher
+    cfg = load_config("configs/synthetic_smoke.yaml", [*TINY, f"text.cache_dir={text_cache}", *ORDERED_SUB_KL])
+    splits = build_splits(cfg.data)
+    torch.manual_seed(0)
+    teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), text_tensors(cfg, splits)[0])
+    teacher.eval().requires_grad_(False)
+    return build_distiller(cfg, splits, teacher), teacher, splits
+
+
+ORDERED_SUB_KL = ["teacher.fusion.action_target=ordered", "teacher.fusion.align_emission=codes",
+                  "teacher.fusion.sub_input=window", "kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"]
+
+
+def test_sub_kl_gradient_reaches_the_head_adapter_and_student_only(text_cache):
+    """sub_kl trains the student's sub-action head, the token adapter under it and the student network;
+    never the teacher, the frozen codebook or the frozen action decoder."""
+    from kd.pipeline import sample_batch
+    distiller, teacher, splits = ordered_sub_kl_distiller(text_cache)
+    batch = sample_batch(splits.train, 4)
+    with torch.no_grad():
+        t_out = teacher.teach(batch["x"], batch["y"])
+    s_out, _ = distiller.train().student_forward(batch["x"], None)
+    assert s_out.sub_logits.shape == t_out.sub_logits.shape                   # (B, C*N, M): one per teacher token
+    distiller.losses["sub_kl"](s_out, t_out)["sub_kl"].backward()
+    grad = lambda m: [p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()]  # noqa: E731
+    assert all(grad(distiller.sub_head)) and all(grad(distiller.adapter.proj))
+    assert any(grad(distiller.student))
+    assert not any(grad(distiller.tokens)) and not any(grad(teacher))
+
+
+def test_synthetic_run_reports_the_recovery_of_the_distilled_sub_action_head(tmp_path, text_cache):
+    run_dir = tmp_path / "sub"
+    distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={run_dir}",
+                  f"text.cache_dir={text_cache}", "train.baseline=false", *ORDERED_SUB_KL])
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("subaction_recovery", "subaction_recovery_scores"):            # the action decoder, the head
+        rec = results["student"][key]
+        assert rec["tokens"] == results["data"]["windows"]["test"] * 3 * 16 and 0.0 <= rec["token_acc"] <= 1.0
+    assert "subaction_recovery_scores" in results["teacher"]                   # what the head was taught

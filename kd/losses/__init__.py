@@ -14,18 +14,20 @@ from kd.losses.code_kl import CodeKL, code_kl_loss
 from kd.losses.feature import FeatureHint, feature_hint_loss
 from kd.losses.logit_kd import LogitKD, logit_kd_loss
 from kd.losses.sp import SimilarityPreserving, sp_loss
+from kd.losses.sub_kl import SubKL, sub_kl_loss
 
 LOSSES: Dict[str, type] = {
     "logit_kd": LogitKD,
     "attr": AttrKD,
     "code_kl": CodeKL,
     "action_kl": ActionKL,
+    "sub_kl": SubKL,
     "feature": FeatureHint,
     "sp": SimilarityPreserving,
 }
 
 __all__ = ["LOSSES", "ATTRIBUTES", "build_loss", "logit_kd_loss", "attr_loss", "code_kl_loss",
-           "action_kl_loss", "feature_hint_loss", "sp_loss"]
+           "action_kl_loss", "sub_kl_loss", "feature_hint_loss", "sp_loss"]
 
 
 def _known(name: str) -> type:

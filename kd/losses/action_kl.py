@@ -4,15 +4,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def action_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(t) || softmax(s)) over the M sub-actions, mean over the B*G tokens; logits (B, G, M).
-    The teacher is detached."""
+def token_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, loss: str = "action_kl",
+                  field: str = "action_logits") -> torch.Tensor:
+    """KL(softmax(t) || softmax(s)) over the last axis (M sub-actions), mean over the B*G tokens; logits
+    (B, G, M). The teacher is detached. `loss`/`field` name the caller in the shape error."""
     if s_logits.shape != t_logits.shape:
-        raise ValueError(f"action_kl: student action_logits {tuple(s_logits.shape)} and teacher action_logits "
+        raise ValueError(f"{loss}: student {field} {tuple(s_logits.shape)} and teacher {field} "
                          f"{tuple(t_logits.shape)} differ; both must be (B, G, M) over the same vocabulary")
     log_s = F.log_softmax(s_logits.float(), dim=-1)                 # (B, G, M), fp32 even under autocast
     log_t = F.log_softmax(t_logits.detach().float(), dim=-1)
     return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
+def action_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    """token_kl_loss over the action decoder's scores of each token's shape code."""
+    return token_kl_loss(s_logits, t_logits)
 
 
 class ActionKL(nn.Module):
