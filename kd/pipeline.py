@@ -444,4 +444,10 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
             out[role]["subaction_recovery"] = score(student_tokens(distiller.eval()))
             if distiller.sub_head is not None:   # the head distilled from the teacher's label-free scores
                 out[role]["subaction_recovery_scores"] = score(student_tokens(distiller, "sub_logits"))
+        if role == "student" and distiller.sub_head is not None and len(splits.val):
+            # label-free fidelity on the validation subjects: what a sub_kl setting may be chosen by
+            from kd.recovery import argmax_agreement
+            out[role]["sub_agreement_val"] = argmax_agreement(
+                lambda x: distiller.eval().student_forward(x, None)[0].sub_logits,
+                lambda x, y: teacher.teach(x, y).sub_logits, splits.val)
     return out

@@ -131,6 +131,18 @@ def student_tokens(distiller, head: str = "action_logits") -> TokenFn:
     return fn
 
 
+@torch.no_grad()
+def argmax_agreement(student: Callable, teacher: Callable, dataset, batch_size: int = 64) -> float:
+    """Share of tokens whose argmax sub-action under `student(x)` equals that under `teacher(x, y)` (both
+    (B, G, M) scores). Needs no ground truth, so it can choose a student's settings on validation windows."""
+    same, total = 0, 0
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        s, t = student(batch["x"]), teacher(batch["x"], batch["y"])
+        same += int((s.argmax(-1) == t.argmax(-1)).sum())
+        total += s.shape[0] * s.shape[1]
+    return same / max(total, 1)
+
+
 def synthetic_vocab_map(vocab_texts: List[str], path) -> torch.Tensor:
     """Vocabulary -> primitive ids, from the `primitives:` section of the synthetic description file."""
     from kd.data.synthetic import PRIMITIVES

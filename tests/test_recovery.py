@@ -108,3 +108,21 @@ def test_synthetic_run_reports_the_recovery_of_the_distilled_sub_action_head(tmp
         rec = results["student"][key]
         assert rec["tokens"] == results["data"]["windows"]["test"] * 3 * 16 and 0.0 <= rec["token_acc"] <= 1.0
     assert "subaction_recovery_scores" in results["teacher"]                   # what the head was taught
+    assert 0.0 <= results["student"]["sub_agreement_val"] <= 1.0
+
+
+def test_argmax_agreement_counts_tokens_with_the_same_top_entry():
+    from kd.recovery import argmax_agreement
+
+    class DS(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"x": torch.tensor([float(i)]), "y": torch.tensor(0)}
+    teacher = lambda x, y: torch.eye(4)[[0, 1]].expand(len(x), 2, 4)            # noqa: E731  tops 0, 1
+    assert argmax_agreement(lambda x: teacher(x, None) * 2, teacher, DS()) == 1.0
+    # the second token's top moves to entry 3 for window 2 only: 5 of 6 tokens agree
+    student = lambda x: torch.stack([teacher(x[i:i + 1], None)[0] + (x[i, 0] == 2) * torch.tensor(  # noqa: E731
+        [[0.0, 0, 0, 0], [0, 0, 0, 5]]) for i in range(len(x))])
+    assert argmax_agreement(student, teacher, DS(), batch_size=2) == pytest.approx(5 / 6)
