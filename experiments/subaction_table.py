@@ -8,6 +8,9 @@ Rows read from each run's results.json (test subjects, no label given unless nam
 
     python -m experiments.subaction_table runs/syn_sub_s0 runs/syn_sub_s1 runs/syn_sub_s2 \
         --out experiments/results/subactions_student.json
+
+With `student.sub_agreement_val` in the runs (share of validation tokens whose student head and teacher
+scores agree; no ground truth), the table also prints its mean: what a sub_kl setting is chosen by.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ ROWS = [("teacher: Viterbi given the class", "teacher", "subaction_recovery_vite
 def run_figures(run_dir: Path) -> Dict:
     r = json.loads((run_dir / "results.json").read_text())
     out = {f"{role}_accuracy": r[role]["accuracy"] for role in ("teacher", "student")}
+    if "sub_agreement_val" in r["student"]:        # runs since the key exists: the validation figure
+        out["student_sub_agreement_val"] = r["student"]["sub_agreement_val"]
     for label, role, key in ROWS:
         rec = r[role][key]
         out[label] = {k: rec[k] for k in ("token_acc", "step_acc", "majority")}
@@ -47,7 +52,9 @@ def table(runs: Dict[str, Dict]) -> str:
         cells = [mean_sd([f[label][k] for f in figs]) for k in ("token_acc", "step_acc", "majority")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     acc = {role: mean_sd([f[f"{role}_accuracy"] for f in figs]) for role in ("teacher", "student")}
-    return "\n".join(lines) + f"\n\n{len(figs)} run(s); accuracy: teacher {acc['teacher']}, student {acc['student']}"
+    agree = [f["student_sub_agreement_val"] for f in figs if "student_sub_agreement_val" in f]
+    val = f"; student head = teacher scores on validation tokens {mean_sd(agree)}" if len(agree) == len(figs) else ""
+    return "\n".join(lines) + f"\n\n{len(figs)} run(s); accuracy: teacher {acc['teacher']}, student {acc['student']}{val}"
 
 
 def main(argv: List[str] | None = None) -> Dict:
