@@ -285,6 +285,11 @@ class AttrLossConfig(LossConfig):
         "z_e": 1.0, "mu": 1.0, "sigma": 1.0, "t": 1.0, "l": 1.0})
 
 
+@dataclass
+class SubKLConfig(LossConfig):
+    context: int = 0                  # the student's sub-action head reads +-context time positions (0: its token)
+
+
 # Parameters every KD loss section carried before each loss held only its own; they had no effect on
 # the losses that do not read them, so a saved config's copies are dropped when it is read back.
 RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
@@ -328,7 +333,7 @@ class KDConfig:
     attr: AttrLossConfig = field(default_factory=AttrLossConfig)
     code_kl: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(temperature=1.0))
     action_kl: LossConfig = field(default_factory=LossConfig)
-    sub_kl: LossConfig = field(default_factory=LossConfig)     # needs an ordered-alignment teacher
+    sub_kl: SubKLConfig = field(default_factory=SubKLConfig)   # needs an ordered-alignment teacher
     feature: LossConfig = field(default_factory=LossConfig)
     sp: LossConfig = field(default_factory=LossConfig)
 
@@ -597,6 +602,9 @@ def check_kd(kd: DictConfig, source_names: List[str]) -> None:
         if not any(kd.attr.attr_weights.values()):
             raise ConfigError("kd.attr.attr_weights are all 0, so kd.attr would add nothing; set kd.attr.weight=0 "
                               "to switch it off")
+    if kd.sub_kl.context < 0:
+        raise ConfigError(f"kd.sub_kl.context={kd.sub_kl.context} must be >= 0 (time positions either side a "
+                          f"student's sub-action head reads; 0: the token alone)")
     if kd.coef == "dynamic" and not kd.workspace.enabled:
         raise ConfigError("kd.coef=dynamic takes its coefficients from the workspace: set "
                           "kd.workspace.enabled=true, or use kd.coef=fixed")

@@ -18,6 +18,7 @@ from kd.contract import TOKEN_LOSSES, loss_teacher
 from kd.losses import LOSSES, build_loss
 from kd.outputs import Outputs
 from kd.workspace import Workspace, dynamic_coefficients
+from students.adapter import SubActionHead
 
 KD_LOSSES = tuple(LOSSES)            # every KD loss the config can switch on
 
@@ -122,8 +123,9 @@ class Distiller(nn.Module):
             G, dc = t_out.attr["z_e"].shape[1:]
             self.adapter = student.token_adapter(G, dc)
             self.tokens = FrozenTokenSpace(teacher)
-            if "sub_kl" in self.loss_cfg:   # the teacher's label-free sub-action scores, read off each adapter token
-                self.sub_head = nn.Linear(self.adapter.dim, t_out.sub_logits.shape[-1])
+            if "sub_kl" in self.loss_cfg:   # the teacher's label-free sub-action scores, read off the adapter tokens
+                self.sub_head = SubActionHead(self.adapter.dim, t_out.sub_logits.shape[-1], teacher.num_channels,
+                                              kd_cfg.sub_kl.context)
         # a loss bound to a source reads the teacher that gives the source's tokens (None: the main one)
         self.teacher_of = {n: loss_teacher(kd_cfg, n) for n in self.loss_cfg}
         self.losses = nn.ModuleDict({n: build_loss(n, c, feature_dims(s_out), feature_dims(self.of(t_out, n)))

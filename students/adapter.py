@@ -51,3 +51,34 @@ class TokenAdapter(nn.Module):
         h = self.norm1(q + self.attn(q, ctx))
         h = self.norm2(h + self.ff(h))
         return {"tokens": h, **self.attr(h)}
+
+
+class SubActionHead(nn.Module):
+    """Adapter tokens (B, C*N, d), channel-major as the teacher's grid -> sub-action scores (B, C*N, M).
+
+    context 0: a linear map of each token alone. context k > 0: what an ordered-alignment teacher's
+    window scores read (METHOD.md §4) — every channel's tokens at the token's time position and the k
+    positions either side (zeros past the window's ends), one linear map per time position, so the C
+    tokens of one position get the same scores, as the teacher's do.
+    """
+
+    def __init__(self, dim: int, num_actions: int, channels: int, context: int = 0):
+        super().__init__()
+        if context < 0:
+            raise ValueError(f"sub-action head context={context} must be >= 0")
+        self.channels, self.context = channels, context
+        self.linear = nn.Linear(dim if context == 0 else (2 * context + 1) * channels * dim, num_actions)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.context == 0:
+            return self.linear(tokens)
+        B, G, d = tokens.shape
+        C, k = self.channels, self.context
+        if G % C:
+            raise ValueError(f"{G} tokens do not split into {C} channels")
+        N = G // C
+        per_pos = tokens.view(B, C, N, d).transpose(1, 2).reshape(B, N, C * d)       # (B, N, C*d)
+        padded = F.pad(per_pos, (0, 0, k, k))                                         # zeros past the ends
+        ctx = torch.cat([padded[:, i:i + N] for i in range(2 * k + 1)], dim=-1)       # (B, N, (2k+1)*C*d)
+        scores = self.linear(ctx)                                                     # (B, N, M)
+        return scores[:, None].expand(B, C, N, scores.shape[-1]).reshape(B, G, -1)

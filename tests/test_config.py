@@ -98,3 +98,8 @@ def test_a_config_saved_when_every_loss_carried_every_parameter_reads_back():
     old["kd"]["logit_kd"]["tempreature"] = 4.0                         # a key that never existed still fails
     with pytest.raises(Exception, match="tempreature"):
         config_from_dict(old)
+
+
+def test_a_negative_sub_action_context_fails_at_load():
+    with pytest.raises(ConfigError, match=r"kd.sub_kl.context=-1 must be >= 0"):
+        load_config("configs/synthetic_subactions.yaml", ["kd.sub_kl.context=-1"])

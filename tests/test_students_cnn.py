@@ -155,3 +155,21 @@ def test_few_steps_reduce_ce(factory):
     assert losses[-1] < 0.5 * losses[0], losses
     model.eval()
     assert (model.predict(x).argmax(-1) == y).float().mean() > 0.9
+
+
+def test_sub_action_head_reads_every_channel_within_its_context_and_no_further():
+    from students.adapter import SubActionHead
+    torch.manual_seed(0)
+    B, C, N, d, M = 2, 3, 6, 4, 5
+    tokens = torch.randn(B, C * N, d, requires_grad=True)
+    alone = SubActionHead(d, M, C, context=0)
+    assert torch.equal(alone(tokens), alone.linear(tokens))                       # each token by itself
+    head = SubActionHead(d, M, C, context=1)
+    out = head(tokens).view(B, C, N, M)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])   # one score per position
+    out[0, 0, 2].sum().backward()                                                 # position 2 of window 0
+    reached = tokens.grad[0].view(C, N, d).abs().sum(-1) > 0                      # (C, N)
+    assert reached[:, 1:4].all() and not reached[:, [0, 4, 5]].any()              # positions 1-3, all channels
+    assert tokens.grad[1].abs().sum() == 0                                        # never another window
+    with pytest.raises(ValueError, match="context=-1"):
+        SubActionHead(d, M, C, context=-1)
