@@ -447,7 +447,8 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
         if role == "student" and distiller.sub_head is not None and len(splits.val):
             # label-free fidelity on the validation subjects: what a sub_kl setting may be chosen by
             from kd.recovery import argmax_agreement
+            distiller.eval()
             out[role]["sub_agreement_val"] = argmax_agreement(
-                lambda x: distiller.eval().student_forward(x, None)[0].sub_logits,
+                lambda x: distiller.student_forward(x, None)[0].sub_logits,
                 lambda x, y: teacher.teach(x, y).sub_logits, splits.val)
     return out

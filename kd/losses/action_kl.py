@@ -21,12 +21,20 @@ def action_kl_loss(s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tens
     return token_kl_loss(s_logits, t_logits)
 
 
-class ActionKL(nn.Module):
-    requires = ("action_logits",)
+class TokenKL(nn.Module):
+    """The module of a per-token KL over one (B, G, M) output field of both sides; a subclass names the
+    loss and the field it reads."""
+    name, field = "", ""
 
     def __init__(self, cfg, student_dims=None, teacher_dims=None):
         super().__init__()
         self.weight = float(cfg.weight)
 
     def forward(self, s_out, t_out):
-        return {"action_kl": self.weight * action_kl_loss(s_out.action_logits, t_out.action_logits)}
+        return {self.name: self.weight * token_kl_loss(s_out.get(self.field), t_out.get(self.field),
+                                                       self.name, self.field)}
+
+
+class ActionKL(TokenKL):
+    requires = ("action_logits",)
+    name, field = "action_kl", "action_logits"
