@@ -202,6 +202,13 @@ class FusionConfig:
     # pool every channel's tokens: the scores and the action decoder are then trained on its targets
     # but do not produce them, so they cannot reinforce their own guess.
     align_emission: str = "scaled"
+    # "codes" only: from this training step of the alignment on, the E-step reads the label-free scores
+    # instead of the code table (their scaled likelihoods, log softmax(scores) - log prior, averaged over
+    # the tokens of each time bin; one chain per window as with the codes). The code table starts the
+    # alignment where the scores cannot (they are random at first and reinforce their own guess); once
+    # the scores have learned its targets they read far more than one code per channel, and realigning on
+    # them sharpens the targets (experiments/subactions.md §8; hybrid-HMM realignment). None: never.
+    align_scores_from_step: Optional[int] = None
     align_code_decay: float = 0.98      # "codes": counts are multiplied by this every training step
     align_code_smoothing: float = 0.1   # "codes": added to every count before normalising over codes
     sub_detach: bool = False        # the scores read detached tokens: L_sub trains the projections only
@@ -215,6 +222,7 @@ class FusionConfig:
     # the synthetic benchmark one channel's attributes tell the sub-action for 0.40 of tokens, all
     # channels' at one place for 0.70 (supervised probes, experiments/subaction_ceiling.py).
     sub_input: str = "token"
+    sub_context: int = 1            # "window": the time bins either side of the token's that the scores read
 
 
 @dataclass
@@ -552,9 +560,14 @@ def validate_config(cfg: DictConfig) -> None:
     f = cfg.teacher.fusion
     for key, ok, rule in (("align_p_stay", 0.0 < f.align_p_stay < 1.0, "lie in (0, 1)"),
                           ("align_code_decay", 0.0 <= f.align_code_decay < 1.0, "lie in [0, 1)"),
-                          ("align_code_smoothing", f.align_code_smoothing > 0, "be > 0")):
+                          ("align_code_smoothing", f.align_code_smoothing > 0, "be > 0"),
+                          ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)")):
         if not ok:
             raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
+    if f.align_scores_from_step is not None and (f.align_emission != "codes" or f.align_scores_from_step < 0):
+        raise ConfigError(f"teacher.fusion.align_scores_from_step={f.align_scores_from_step} switches the E-step "
+                          f"from the code table to the scores: it needs teacher.fusion.align_emission=codes "
+                          f"(got {f.align_emission!r}) and a step >= 0; or set it to null")
     names = [s.name for s in cfg.kd.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"kd.sources names must be unique, got {names}")

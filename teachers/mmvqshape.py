@@ -107,7 +107,8 @@ class MMVQShape(VQShape):
         self.label_head = MLP(K * d, Dt, d)
         self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
         if self.aligned:
-            width = {"token": d, "code": cfg.dim_code + 2, "window": 3 * num_channels * (cfg.dim_code + 2)}
+            width = {"token": d, "code": cfg.dim_code + 2,
+                     "window": (2 * fusion.sub_context + 1) * num_channels * (cfg.dim_code + 2)}
             self.sub_tok = nn.Linear(d, fusion.sub_dim) if fusion.sub_input == "token" \
                 else MLP(width[fusion.sub_input], fusion.sub_dim, d)          # P_h
             self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
@@ -206,10 +207,11 @@ class MMVQShape(VQShape):
         return out
 
     def window_features(self, out: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """What the scores read with sub_input=window (B*C, N, 3*C*(dim_code+2)): for each token, the mean
-        code, mean and std of every channel's tokens in its time bin (N equal bins, by span centre) and in
-        the bins before and after it (zeros past the window's ends or where a bin is empty). A motion is
-        what all axes do at once over a stretch of time; one channel's short subsequence is ambiguous."""
+        """What the scores read with sub_input=window (B*C, N, (2k+1)*C*(dim_code+2)), k = fusion.sub_context:
+        for each token, the mean code, mean and std of every channel's tokens in its time bin (N equal bins,
+        by span centre) and in the k bins either side (zeros past the window's ends or where a bin is
+        empty). A motion is what all axes do at once over a stretch of time; one channel's short
+        subsequence is ambiguous."""
         C = self.num_channels
         f = torch.cat([out["z_e"], out["mu"], out["sigma"]], -1).view(batch, C, -1, out["z_e"].shape[-1] + 2)
         N, W = f.shape[2], f.shape[3]
@@ -217,7 +219,9 @@ class MMVQShape(VQShape):
         total = f.new_zeros(batch, C, N, W).scatter_add(2, bins.expand_as(f), f)
         count = f.new_zeros(batch, C, N, 1).scatter_add(2, bins, torch.ones_like(bins, dtype=f.dtype))
         per_bin = (total / count.clamp(min=1)).permute(0, 2, 1, 3).flatten(2)          # (B, N, C*W)
-        ctx = torch.cat([F.pad(per_bin, (0, 0, 1, 0))[:, :-1], per_bin, F.pad(per_bin, (0, 0, 0, 1))[:, 1:]], -1)
+        k = self.fusion.sub_context
+        padded = F.pad(per_bin, (0, 0, k, k))                                          # (B, N + 2k, C*W)
+        ctx = torch.cat([padded[:, j:j + N] for j in range(2 * k + 1)], -1)            # bins n-k .. n+k
         idx = bins.view(batch, C * N, 1).expand(-1, -1, ctx.shape[-1])
         return ctx.gather(1, idx).view(batch * C, N, -1)
 
@@ -238,17 +242,21 @@ class MMVQShape(VQShape):
     def emission_scores(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The scores the chain reads (B*C, N, M): with align_emission=scaled, log softmax(scores) minus
         the log prior of each entry (a likelihood up to a per-token constant), else the scores."""
-        s = out["sub_scores"].detach().float()
         if self.fusion.align_emission == "scaled":
-            s = s.log_softmax(dim=-1) - self.sub_prior.clamp(min=1e-8).log()
-        return s
+            return self.scaled_scores(out)
+        return out["sub_scores"].detach().float()
+
+    def scaled_scores(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """log softmax(scores) - log prior (B*C, N, M), detached: a likelihood up to a per-token constant."""
+        return out["sub_scores"].detach().float().log_softmax(dim=-1) - self.sub_prior.clamp(min=1e-8).log()
 
     @torch.no_grad()
     def chain(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> "Chain":
         """The sequences the E-step and decoding run on. Emissions from the scores: one sequence per
         series (B*C), its tokens ordered by span centre. Emissions from the codes (align_emission=codes):
         one sequence per window (B) over N equal time bins; a bin emits the summed log p(code | state,
-        channel) of every token (of every channel) whose span centre falls in it."""
+        channel) of every token (of every channel) whose span centre falls in it; from step
+        `align_scores_from_step` on, the mean scaled score likelihood of those tokens instead."""
         B, C = len(y), self.num_channels
         if self.code_emit is None:
             centre, ids, n_states = self.class_rows(out, y)
@@ -259,10 +267,19 @@ class MMVQShape(VQShape):
         N = codes.shape[-1]
         bins = time_bins((out["t"] + out["l"] / 2).view(B, C * N), N)         # (B, C*N)
         ids = self.class_index[y]
-        tok = self.code_emit.token_emissions(codes, ids).flatten(1, 2)        # (B, C*N, K)
         rows = torch.arange(B, device=y.device)
-        return Chain(pool_bins(tok, bins, N), ids, self.class_mask[y].sum(dim=1), rows.repeat_interleave(C),
+        if self.reads_scores():
+            tok = self.scaled_scores(out).gather(-1, ids.repeat_interleave(C, 0)[:, None, :].expand(-1, N, -1)).view(B, C * N, -1)
+            emit = pool_bins(tok, bins, N) / pool_bins(torch.ones_like(tok[..., :1]), bins, N).clamp(min=1)
+        else:
+            emit = pool_bins(self.code_emit.token_emissions(codes, ids).flatten(1, 2), bins, N)
+        return Chain(emit, ids, self.class_mask[y].sum(dim=1), rows.repeat_interleave(C),
                      bins.view(B * C, N), rows)
+
+    def reads_scores(self) -> bool:
+        """Whether the code-table chain has switched to the scores (fusion.align_scores_from_step)."""
+        start = self.fusion.align_scores_from_step
+        return start is not None and int(self.align_steps) >= start
 
     @torch.no_grad()
     def update_prior(self, out: Dict[str, torch.Tensor]) -> None:
