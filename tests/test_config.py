@@ -40,6 +40,8 @@ def test_overrides_and_required_keys():
      "needs num_token < 64"),
     ("teacher.vqshape.span_grad=true teacher.vqshape.code_input=token", "needs teacher.vqshape.code_input=subsequence"),
     ("teacher.vqshape.span_input=tile teacher.vqshape.span_init=none", "span_input=tile reads the signal.*span_init=tiling"),
+    ("teacher.fusion.align_scores_from_step=100", "align_scores_from_step=100 switches the E-step.*align_emission=codes"),
+    ("teacher.fusion.sub_context=-1", r"teacher.fusion.sub_context=-1 must be >= 0"),
     # each loss holds only its own parameters, checked at load (not when the student stage builds it)
     ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
     ("kd.sp.attr_weights.mu=1", "unknown config key 'kd.sp.attr_weights'"),

@@ -361,6 +361,58 @@ def test_alignment_scores_get_gradient_but_targets_do_not():
     assert same.any() and torch.allclose(s[:, 0][same], s[:, 1][same], atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_window_scores_read_every_channel_exactly_k_bins_either_side(k):
+    """sub_context=k: the features of a token in time bin n depend on the tokens of every channel in bins
+    n-k .. n+k and on nothing else (brute force over the bins, by gradient)."""
+    C, N, B = 2, 8, 1
+    w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
+                  FusionConfig(action_target="ordered", sub_input="window", sub_context=k), C, 3, **text_tensors())
+    z = torch.randn(B * C, N, w.cfg.dim_code, requires_grad=True)
+    t = (torch.arange(N) / N + 0.01).expand(B * C, N)[..., None]                # token i sits in bin i
+    out = {"z_e": z, "mu": torch.randn(B * C, N, 1), "sigma": torch.rand(B * C, N, 1), "t": t,
+           "l": torch.zeros(B * C, N, 1)}
+    f = w.window_features(out, B)
+    assert f.shape == (B * C, N, (2 * k + 1) * C * (w.cfg.dim_code + 2)) == (B * C, N, w.sub_tok[0].in_features)
+    for n in range(N):
+        g, = torch.autograd.grad(f[0, n].sum(), z, retain_graph=True)
+        reached = g.abs().sum(-1) > 0                                           # (C, N)
+        expect = ((torch.arange(N) - n).abs() <= k).expand(C, N)
+        assert torch.equal(reached, expect), n
+
+
+def test_code_chain_switches_to_the_scores_at_the_set_step():
+    """align_scores_from_step=S: before S the window chain emits the code table's summed log p(code |
+    state); from S each time bin emits the mean, over the tokens in it, of log softmax(scores) - log prior
+    at the class's states (brute force)."""
+    torch.manual_seed(0)
+    C = 2
+    m = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
+                  FusionConfig(action_target="ordered", align_warmup_steps=0, sub_input="window",
+                               align_emission="codes", align_scores_from_step=3), C, 3, **text_tensors())
+    m.code_emit.counts.uniform_(0, 5)
+    m.sub_prior.copy_(torch.rand(m.M) + 0.1)
+    x, y = torch.randn(4, C, 512), torch.tensor([0, 1, 2, 1])
+    out = m(x, keys="vocab")
+    B, N = len(y), out["code_idx"].shape[1]
+    bins = ((out["t"] + out["l"] / 2).view(B, C, N) * N).floor().long().clamp(0, N - 1)
+    ids = m.class_index[y]
+    scaled = out["sub_scores"].log_softmax(-1) - m.sub_prior.log()
+    log_table = m.code_emit.log_table()
+    code_emit, score_emit = torch.zeros(B, N, ids.shape[1]), torch.zeros(B, N, ids.shape[1])
+    for b in range(B):
+        for n in range(N):
+            toks = [(c, i) for c in range(C) for i in range(N) if bins[b, c, i] == n]
+            for j in range(ids.shape[1]):
+                code_emit[b, n, j] = sum(log_table[c, ids[b, j], out["code_idx"][b * C + c, i]] for c, i in toks)
+                if toks:
+                    score_emit[b, n, j] = sum(scaled[b * C + c, i, ids[b, j]] for c, i in toks) / len(toks)
+    m.align_steps.fill_(2)
+    assert torch.allclose(m.chain(out, y).emit, code_emit, atol=1e-4)
+    m.align_steps.fill_(3)
+    assert torch.allclose(m.chain(out, y).emit, score_emit, atol=1e-4)
+
+
 def test_mmvqshape_rejects_class_without_text():
     text = text_tensors()
     text["class_mask"][2] = False
