@@ -7,10 +7,14 @@ span, kd.recovery.span_majority) it reports, on the test windows:
 * supervised ceilings (they see the true sub-actions of the training tokens; no method that does
   not may beat them with the same inputs): the best code -> primitive map, per channel; naive Bayes
   over the codes of all channels at one time position; an MLP on the continuous attributes
-  (z_e, mu, sigma) of one channel, and of all channels at one time position;
+  (z_e, mu, sigma) of one channel, of all channels at one time position, and of all channels at
+  1, 2, 4 positions either side; three residual convolutions over the positions (6 either side);
 * weak supervision on the codes (batch EM from the class only, as `fusion.align_emission=codes` does
   online): the code table learned by the set-only or the ordered E-step, read label-free (argmax of
-  p(codes | sub-action) p(sub-action), no class given) and as the Viterbi path given the class.
+  p(codes | sub-action) p(sub-action), no class given) and as the Viterbi path given the class;
+* realignment from the class only (what `fusion.align_scores_from_step` does online): from the ordered
+  code table's targets, rounds of (an MLP on every channel's attributes at 1 or 2 positions either side
+  trained on the targets; the ordered E-step re-run on its likelihoods).
 
 Tokens of different channels are paired by their rank in span-centre order (tiling spans, as the
 health recipe's are, put the k-th token of every channel at the same place).
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Dict
+from typing import Dict, List
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from kd.config import load_config
@@ -32,7 +38,7 @@ from kd.data.synthetic import PRIMITIVES
 from kd.pipeline import load_teacher
 from kd.recovery import span_majority, synthetic_vocab_map
 from kd.text import description_file
-from teachers.alignment import CodeEmissions, chain_viterbi, pool_bins, state_posteriors
+from teachers.alignment import CodeEmissions, chain_viterbi, pool_bins, state_posteriors, tokens_to_vocabulary
 
 
 @torch.no_grad()
@@ -69,25 +75,61 @@ def code_oracles(tr, te, V: int) -> Dict[str, float]:
             "code_naive_bayes_joint": float((joint.argmax(0) == te["truth"]).float().mean())}
 
 
-def mlp_probe(tr, te, joint: bool, epochs: int = 300, seed: int = 0) -> float:
-    torch.manual_seed(seed)
-    def xy(d):
-        a = d["attrs"]                                                                # (B, C, N, F)
-        if joint:
-            return a.permute(0, 2, 1, 3).flatten(2).flatten(0, 1), d["truth"].flatten()
-        return a.flatten(0, 2), d["truth"][:, None].expand(a.shape[:3]).flatten()
-    (x, y), (xt, yt) = xy(tr), xy(te)
-    mean, std = x.mean(0), x.std(0) + 1e-6
+def joint_context(d, k: int) -> torch.Tensor:
+    """(B, N, (2k+1) C F): every channel's attributes at each time position and k positions either side."""
+    a = F.pad(d["attrs"].permute(0, 2, 1, 3).flatten(2), (0, 0, k, k))               # (B, N + 2k, C*F)
+    N = d["attrs"].shape[2]
+    return torch.cat([a[:, j:j + N] for j in range(2 * k + 1)], -1)
+
+
+def fit_probe(net, x, y, xt, yt, epochs: int) -> float:
+    """Full-batch Adam on standardised inputs (statistics of the training tokens); test accuracy."""
+    mean, std = x.flatten(0, -2).mean(0), x.flatten(0, -2).std(0) + 1e-6
     x, xt = (x - mean) / std, (xt - mean) / std
-    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(), torch.nn.Linear(128, len(PRIMITIVES)))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    for _ in range(epochs):                                                           # full batch
-        loss = torch.nn.functional.cross_entropy(net(x), y)
+    for _ in range(epochs):
+        loss = F.cross_entropy(net(x).flatten(0, -2), y.flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return float((net(xt).argmax(1) == yt).float().mean())
+        return float((net(xt).argmax(-1) == yt).float().mean())
+
+
+def mlp_probe(tr, te, joint: bool, context: int = 0, epochs: int = 300, seed: int = 0) -> float:
+    """An MLP on one token's attributes (joint=False), or on every channel's at its time position and
+    `context` positions either side."""
+    torch.manual_seed(seed)
+    def xy(d):
+        if joint:
+            return joint_context(d, context).flatten(0, 1), d["truth"].flatten()
+        a = d["attrs"]                                                                # (B, C, N, F)
+        return a.flatten(0, 2), d["truth"][:, None].expand(a.shape[:3]).flatten()
+    (x, y), (xt, yt) = xy(tr), xy(te)
+    net = nn.Sequential(nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, len(PRIMITIVES)))
+    return fit_probe(net, x, y, xt, yt, epochs)
+
+
+class SequenceProbe(nn.Module):
+    """Residual 1-D convolutions (kernel 5) over the token positions of every channel's attributes:
+    `layers` of them see 2 * layers positions either side."""
+
+    def __init__(self, width: int, layers: int, hidden: int = 128):
+        super().__init__()
+        self.inp, self.out = nn.Conv1d(width, hidden, 1), nn.Conv1d(hidden, len(PRIMITIVES), 1)
+        self.convs = nn.ModuleList(nn.Conv1d(hidden, hidden, 5, padding=2) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                              # (B, N, W) -> (B, N, P)
+        h = self.inp(x.transpose(1, 2))
+        for conv in self.convs:
+            h = h + F.relu(conv(h))
+        return self.out(h).transpose(1, 2)
+
+
+def sequence_probe(tr, te, layers: int, epochs: int = 300, seed: int = 0) -> float:
+    torch.manual_seed(seed)
+    x, xt = joint_context(tr, 0), joint_context(te, 0)
+    return fit_probe(SequenceProbe(x.shape[-1], layers), x, tr["truth"], xt, te["truth"], epochs)
 
 
 def weak_em(tr, te, teacher, vmap, ordered: bool, p_stay: float, iters: int = 40) -> Dict[str, float]:
@@ -110,8 +152,45 @@ def weak_em(tr, te, teacher, vmap, ordered: bool, p_stay: float, iters: int = 40
     free = (sum(log_t[c][:, te["codes"][:, c]] for c in range(C)) + prior[:, None, None]).argmax(0)
     emit, ids, n = emissions(te)
     path, _ = chain_viterbi(emit, n, p_stay=p_stay)
-    return {"label_free": float((vmap[free] == te["truth"]).float().mean()),
-            "viterbi_given_class": float((vmap[ids.gather(1, path)] == te["truth"]).float().mean())}
+    rep = {"label_free": float((vmap[free] == te["truth"]).float().mean()),
+           "viterbi_given_class": float((vmap[ids.gather(1, path)] == te["truth"]).float().mean())}
+    if ordered:   # the targets realignment starts from: the ordered E-step's posteriors on the training tokens
+        emit, ids, n = emissions(tr)
+        rep["targets"] = tokens_to_vocabulary(state_posteriors(emit, n, True, p_stay), ids, M)   # (B, N, M)
+    return rep
+
+
+def realign(tr, te, teacher, vmap, targets, p_stay: float, context: int, rounds: int = 4) -> List[Dict]:
+    """Hybrid-HMM realignment from the class only (what fusion.align_scores_from_step does online): each
+    round trains an MLP from scratch on the current soft targets (every channel's attributes at `context`
+    positions either side, as the window scores read them), then re-runs the ordered E-step on its scaled
+    likelihoods (log softmax - log mean softmax over training tokens) given the class. Per round: test
+    accuracy of its label-free argmax and of the Viterbi path given the class; training-target accuracy."""
+    x, xt = joint_context(tr, context), joint_context(te, context)
+    mean, std = x.flatten(0, 1).mean(0), x.flatten(0, 1).std(0) + 1e-6
+    x, xt = (x - mean) / std, (xt - mean) / std
+    states = lambda d: (teacher.class_index[d["y"]], teacher.class_mask[d["y"]].sum(1))  # noqa: E731
+    (ids, n), (ids_t, n_t) = states(tr), states(te)
+    rows = []
+    for r in range(rounds):
+        torch.manual_seed(r)
+        net = nn.Sequential(nn.Linear(x.shape[-1], 128), nn.ReLU(), nn.Linear(128, teacher.M))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
+        for _ in range(300):
+            loss = -(targets * net(x).log_softmax(-1)).sum(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            lp, lp_t = net(x).log_softmax(-1), net(xt).log_softmax(-1)
+            log_prior = lp.exp().mean((0, 1)).clamp(min=1e-8).log()
+            at = lambda v, i: (v - log_prior).gather(-1, i[:, None, :].expand(-1, v.shape[1], -1))  # noqa: E731
+            path, _ = chain_viterbi(at(lp_t, ids_t), n_t, p_stay=p_stay)
+            targets = tokens_to_vocabulary(state_posteriors(at(lp, ids), n, True, p_stay), ids, teacher.M)
+            rows.append({"round": r + 1, "label_free": float((vmap[lp_t.argmax(-1)] == te["truth"]).float().mean()),
+                         "viterbi_given_class": float((vmap[ids_t.gather(1, path)] == te["truth"]).float().mean()),
+                         "train_targets": float((vmap[targets.argmax(-1)] == tr["truth"]).float().mean())})
+    return rows
 
 
 def report(run_dir: str) -> Dict:
@@ -125,10 +204,15 @@ def report(run_dir: str) -> Dict:
     rep = {"run_dir": run_dir, "test_tokens": int(te["truth"].numel()),
            "majority": float(torch.bincount(te["truth"].flatten(), minlength=P).max()) / te["truth"].numel(),
            **code_oracles(tr, te, teacher.cfg.num_code),
-           "mlp_attrs_per_channel": mlp_probe(tr, te, joint=False), "mlp_attrs_joint": mlp_probe(tr, te, joint=True)}
+           "mlp_attrs_per_channel": mlp_probe(tr, te, joint=False), "mlp_attrs_joint": mlp_probe(tr, te, joint=True),
+           **{f"mlp_attrs_joint_context{k}": mlp_probe(tr, te, joint=True, context=k) for k in (1, 2, 4)},
+           "conv_attrs_3_layers": sequence_probe(tr, te, layers=3)}
     p = cfg.teacher.fusion.align_p_stay
     rep["em_set"] = weak_em(tr, te, teacher, vmap, ordered=False, p_stay=p)
     rep["em_ordered"] = weak_em(tr, te, teacher, vmap, ordered=True, p_stay=p)
+    targets = rep["em_ordered"].pop("targets")
+    for k in (1, 2):
+        rep[f"realign_context{k}"] = realign(tr, te, teacher, vmap, targets, p, context=k)
     return rep
 
 

@@ -382,15 +382,15 @@ def teacher_health(teacher, splits, state: PartialState) -> Dict:
 
 
 def recovery_scorer(cfg, splits, t_meta: Optional[Dict]):
-    """token_fn -> sub-action recovery on the test split, when the data are synthetic and the teacher
-    has sub-actions; else None."""
+    """(token_fn, dataset = the test split) -> sub-action recovery, when the data are synthetic and the
+    teacher has sub-actions; else None."""
     if cfg.data.name != "synthetic" or not t_meta or "vocab_texts" not in t_meta:
         return None
     from kd.data.synthetic import PRIMITIVES
     from kd.recovery import subaction_recovery, synthetic_vocab_map
     from kd.text import description_file
     vmap = synthetic_vocab_map(t_meta["vocab_texts"], description_file(cfg.text, "synthetic"))
-    return lambda token_fn: subaction_recovery(token_fn, splits.test, vmap, len(PRIMITIVES))
+    return lambda token_fn, dataset=splits.test: subaction_recovery(token_fn, dataset, vmap, len(PRIMITIVES))
 
 
 def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
@@ -408,6 +408,8 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
         if aligned:
             report["subaction_recovery_scores"] = score(teacher_tokens(teacher, "sub_scores"))
             report["subaction_recovery_viterbi"] = score(teacher_viterbi_tokens(teacher))
+            # the validation subjects' figure, for choosing the alignment's settings without the test subjects
+            report["subaction_recovery_scores_val"] = score(teacher_tokens(teacher, "sub_scores"), splits.val)
     if aligned:
         from kd.recovery import alignment_report
         report["alignment"] = alignment_report(teacher, splits.test)

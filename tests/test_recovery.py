@@ -102,12 +102,15 @@ def test_sub_kl_gradient_reaches_the_head_adapter_and_student_only(text_cache):
 def test_synthetic_run_reports_the_recovery_of_the_distilled_sub_action_head(tmp_path, text_cache):
     run_dir = tmp_path / "sub"
     distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={run_dir}",
-                  f"text.cache_dir={text_cache}", "train.baseline=false", *ORDERED_SUB_KL])
+                  f"text.cache_dir={text_cache}", "train.baseline=false", *ORDERED_SUB_KL,
+                  "teacher.fusion.align_scores_from_step=1"])
     results = json.loads((run_dir / "results.json").read_text())
     for key in ("subaction_recovery", "subaction_recovery_scores"):            # the action decoder, the head
         rec = results["student"][key]
         assert rec["tokens"] == results["data"]["windows"]["test"] * 3 * 16 and 0.0 <= rec["token_acc"] <= 1.0
     assert "subaction_recovery_scores" in results["teacher"]                   # what the head was taught
+    val = results["teacher"]["subaction_recovery_scores_val"]                   # for choosing settings
+    assert val["tokens"] == results["data"]["windows"]["val"] * 3 * 16 and 0.0 <= val["token_acc"] <= 1.0
     assert 0.0 <= results["student"]["sub_agreement_val"] <= 1.0
 
 
