@@ -5,7 +5,8 @@
 Writes shapes.png, token_windows.png, code_actions.png and (ordered or set alignment)
 subaction_windows.png into DIR (default: the teacher's own directory), and prints the alignment
 report (kd.recovery.alignment_report) and, on synthetic data, the token- and step-level sub-action
-recovery of the action decoder and of the label-free scores, all on the run's held-out split.
+recovery of the action decoder, the label-free scores and the Viterbi path (kd.pipeline.subaction_report:
+the run's held-out split, and the validation subjects for the scores).
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import json
 from pathlib import Path
 
 from kd.evaluate import load_run_teacher
-from kd.pipeline import recovery_scorer
-from kd.recovery import alignment_report, teacher_tokens, teacher_viterbi_tokens
+from kd.pipeline import subaction_report
 from teachers.interpret import write_teacher_artifacts
 
 
@@ -31,16 +31,8 @@ def main(argv=None):
     class Bank:   # the vocabulary texts the figures label sub-actions with
         vocab_texts = meta.get("vocab_texts", [])
 
-    report = {"artefacts": write_teacher_artifacts(teacher, splits, out, Bank if meta.get("vocab_texts") else None)}
-    aligned = getattr(teacher, "aligned", False)
-    if aligned:
-        report["alignment"] = alignment_report(teacher, splits.test)
-    score = recovery_scorer(cfg, splits, meta)
-    if score is not None:
-        report["subaction_recovery"] = score(teacher_tokens(teacher))
-        if aligned:
-            report["subaction_recovery_scores"] = score(teacher_tokens(teacher, "sub_scores"))
-            report["subaction_recovery_viterbi"] = score(teacher_viterbi_tokens(teacher))
+    report = {"artefacts": write_teacher_artifacts(teacher, splits, out, Bank if meta.get("vocab_texts") else None),
+              **subaction_report(cfg, splits, teacher, meta)}
     print(json.dumps(report, indent=2))
     return report
 

@@ -393,14 +393,12 @@ def recovery_scorer(cfg, splits, t_meta: Optional[Dict]):
     return lambda token_fn, dataset=splits.test: subaction_recovery(token_fn, dataset, vmap, len(PRIMITIVES))
 
 
-def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
-    report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
-    if hasattr(teacher, "codebook"):
-        report["health"] = teacher_health(teacher, splits, PartialState())
-    if hasattr(teacher, "members"):   # an ensemble: each member's own held-out score beside the ensemble's
-        report["member_macro_f1"] = [test_report(cfg, splits, lambda b, m=m: m.predict(b["x"]), m)["macro_f1"]
-                                     for m in teacher.members]
-    aligned = getattr(teacher, "aligned", False)
+def subaction_report(cfg, splits, teacher, t_meta: Optional[Dict]) -> Dict:
+    """What a teacher knows of sub-actions: on synthetic data, the recovery of its action decoder and (with
+    an alignment target) of its label-free scores and its Viterbi path; with an alignment target, the
+    alignment report. Held-out test windows, except the scores' `_val` figure (the validation subjects,
+    for choosing the alignment's settings without the test subjects)."""
+    report, aligned = {}, getattr(teacher, "aligned", False)
     score = recovery_scorer(cfg, splits, t_meta)
     if score is not None:
         from kd.recovery import teacher_tokens, teacher_viterbi_tokens
@@ -408,11 +406,21 @@ def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
         if aligned:
             report["subaction_recovery_scores"] = score(teacher_tokens(teacher, "sub_scores"))
             report["subaction_recovery_viterbi"] = score(teacher_viterbi_tokens(teacher))
-            # the validation subjects' figure, for choosing the alignment's settings without the test subjects
             report["subaction_recovery_scores_val"] = score(teacher_tokens(teacher, "sub_scores"), splits.val)
     if aligned:
         from kd.recovery import alignment_report
         report["alignment"] = alignment_report(teacher, splits.test)
+    return report
+
+
+def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
+    report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
+    if hasattr(teacher, "codebook"):
+        report["health"] = teacher_health(teacher, splits, PartialState())
+    if hasattr(teacher, "members"):   # an ensemble: each member's own held-out score beside the ensemble's
+        report["member_macro_f1"] = [test_report(cfg, splits, lambda b, m=m: m.predict(b["x"]), m)["macro_f1"]
+                                     for m in teacher.members]
+    report.update(subaction_report(cfg, splits, teacher, t_meta))
     if teacher.num_actions:  # text-guided: the class-text number is a diagnostic, named as such
         oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
                              teacher)
