@@ -175,6 +175,10 @@ class FusionConfig:
     vocab_prob: float = 0.5         # fraction of training samples whose keys are the whole vocabulary
     vocab_mix: str = "sample"       # "sample": per-sample draw; "batch": one draw per batch (design's wording)
     teach_keys: str = "class"       # keys when teaching a student: "class" (privileged class text) | "vocab"
+    # What an aligned teacher hands a student as each token's sub-action (Outputs.sub_logits): "scores", its
+    # label-free scores; "alignment", its E-step posterior given the window's class (privileged, like the
+    # class text: the student's head still reads the signal only)
+    teach_sub: str = "scores"
     action_hidden: int = 64
     con_temperature: float = 0.1
     lambda_act: float = 1.0
@@ -416,6 +420,7 @@ CHOICES = {
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.vocab_mix": ("sample", "batch"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
+    "teacher.fusion.teach_sub": ("scores", "alignment"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
     "teacher.fusion.align_emission": ("scaled", "posterior", "codes"),
     "teacher.fusion.sub_input": ("token", "code", "window"),
@@ -552,6 +557,9 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError("train.mixup > 0 with a teacher that teaches with the class text of one label "
                               "(teacher.fusion.teach_keys=class), which a mixed window does not have: set "
                               "teacher.fusion.teach_keys=vocab (no label) or train.mixup=0")
+        if cfg.train.mixup > 0 and cfg.teacher.fusion.teach_sub == "alignment":
+            raise ConfigError("train.mixup > 0 with teacher.fusion.teach_sub=alignment, which aligns each window "
+                              "to the sub-actions of its one label: set teach_sub=scores or train.mixup=0")
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
@@ -564,6 +572,11 @@ def validate_config(cfg: DictConfig) -> None:
                           ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)")):
         if not ok:
             raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
+    if f.teach_sub == "alignment" and (cfg.teacher.arch != "vqshape" or not cfg.teacher.text_guidance
+                                       or f.action_target == "attention"):
+        raise ConfigError("teacher.fusion.teach_sub=alignment hands on the teacher's alignment posterior: it "
+                          "needs a text-guided VQShape teacher (teacher.arch=vqshape, teacher.text_guidance=true) "
+                          f"with teacher.fusion.action_target ordered or set (got {f.action_target!r})")
     if f.align_scores_from_step is not None and (f.align_emission != "codes" or f.align_scores_from_step < 0):
         raise ConfigError(f"teacher.fusion.align_scores_from_step={f.align_scores_from_step} switches the E-step "
                           f"from the code table to the scores: it needs teacher.fusion.align_emission=codes "
