@@ -102,9 +102,14 @@ def teacher_dir(cfg) -> Path:
     return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else Path(cfg.run_dir) / "teacher"
 
 
+# How a trained text-guided teacher teaches (which keys, which sub-action targets): the pairing's choice,
+# not part of what was trained, so a checkpoint is taught from with the pairing's values.
+TEACHING_KEYS = ("fusion.teach_keys", "fusion.teach_sub")
+
+
 def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.Module, Dict]:
     """Rebuild a teacher from its own saved config and check it fits the data (and, with `expect`,
-    the pairing's `teacher` config section)."""
+    the pairing's `teacher` config section, whose TEACHING_KEYS it takes)."""
     state, meta = read_checkpoint(path)
     if meta.get("role") != "teacher":
         raise CheckpointError(f"{path} is a {meta.get('role')!r} checkpoint, not a teacher")
@@ -113,7 +118,11 @@ def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.
     # takes its default, which keeps the behaviour from before the key existed.
     saved = OmegaConf.to_container(tcfg, resolve=True)
     found = config_diffs(saved, expect) if expect is not None else []
-    diffs = [f"teacher.{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in found if k != "checkpoint"]
+    diffs = [f"teacher.{k}: checkpoint {a!r} vs config {b!r}" for k, a, b in found
+             if k != "checkpoint" and k not in TEACHING_KEYS]
+    if expect is not None and tcfg.arch == "vqshape" and tcfg.text_guidance:   # how it teaches: the pairing's
+        for key in TEACHING_KEYS:
+            OmegaConf.update(tcfg, key, OmegaConf.select(OmegaConf.create(expect), key))
     if meta["num_channels"] != splits.num_channels:
         diffs.append(f"channels: checkpoint {meta['num_channels']} vs data {splits.num_channels}")
     if meta["class_names"] != list(splits.class_names):

@@ -1,5 +1,6 @@
 """Reliability: non-finite steps, checkpoint integrity, mismatched pairings, run-dir protection,
 interruption and resume, determinism, and one process vs two giving the same evaluation."""
+import copy
 import json
 import os
 import signal
@@ -119,6 +120,10 @@ def test_teacher_checkpoint_that_does_not_fit_the_data(tmp_path, text_cache):
     cfg = load_config(teacher_run / "config.yaml")
     expect = OmegaConf.to_container(cfg.teacher, resolve=True)
     load_teacher(teacher_run / "teacher", build_splits(cfg.data), expect=expect)
+    # how a teacher teaches is the pairing's choice: no mismatch, and the pairing's value is used
+    taught = copy.deepcopy(expect)
+    taught["fusion"]["teach_keys"] = "vocab"
+    assert load_teacher(teacher_run / "teacher", build_splits(cfg.data), expect=taught)[0].fusion.teach_keys == "vocab"
     expect["cnn"]["wrn_stem_stride"] = 2
     with pytest.raises(CheckpointError, match="teacher.cnn.wrn_stem_stride: checkpoint 1 vs config 2"):
         load_teacher(teacher_run / "teacher", build_splits(cfg.data), expect=expect)
