@@ -461,8 +461,9 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
         if score is not None and role == "student" and distiller.has_action_tokens():
             from kd.recovery import student_tokens
             out[role]["subaction_recovery"] = score(student_tokens(distiller.eval()))
-            if distiller.sub_head is not None:   # the head distilled from the teacher's label-free scores
+            if distiller.sub_head is not None:   # the head distilled from the teacher's sub-action scores
                 out[role]["subaction_recovery_scores"] = score(student_tokens(distiller, "sub_logits"))
+                out[role]["subaction_recovery_scores_val"] = score(student_tokens(distiller, "sub_logits"), splits.val)
         if role == "student" and distiller.sub_head is not None and len(splits.val):
             # label-free fidelity on the validation subjects: what a sub_kl setting may be chosen by
             from kd.recovery import argmax_agreement
