@@ -1,5 +1,6 @@
 """The synthetic sub-action table: teacher and student recovery against ground truth, per seed and as
-mean ± sample sd, from finished `distill.py` runs of `configs/synthetic_subactions.yaml` (stage=all).
+mean ± sample sd, from finished `distill.py` runs of `configs/synthetic_subactions.yaml` (stage=all,
+stage=student from a saved teacher, or stage=teacher: the rows a run has).
 
 Rows read from each run's results.json (test subjects, no label given unless named):
 - teacher: accuracy, the Viterbi path given the class, the label-free scores, the action decoder;
@@ -26,17 +27,22 @@ ROWS = [("teacher: Viterbi given the class", "teacher", "subaction_recovery_vite
         ("teacher: label-free scores", "teacher", "subaction_recovery_scores"),
         ("teacher: action decoder", "teacher", "subaction_recovery"),
         ("student: sub-action head (sub_kl, label-free)", "student", "subaction_recovery_scores"),
-        ("student: frozen action decoder (action_kl)", "student", "subaction_recovery")]
+        ("student: frozen action decoder (action_kl)", "student", "subaction_recovery"),
+        # the validation subject (what settings are chosen by), in runs since the keys exist
+        ("validation: teacher label-free scores", "teacher", "subaction_recovery_scores_val"),
+        ("validation: student sub-action head", "student", "subaction_recovery_scores_val")]
 
 
 def run_figures(run_dir: Path) -> Dict:
+    """One run's figures; a teacher-only run (stage=teacher) has no student rows."""
     r = json.loads((run_dir / "results.json").read_text())
-    out = {f"{role}_accuracy": r[role]["accuracy"] for role in ("teacher", "student")}
-    if "sub_agreement_val" in r["student"]:        # runs since the key exists: the validation figure
+    out = {f"{role}_accuracy": r[role]["accuracy"] for role in ("teacher", "student") if role in r}
+    if "sub_agreement_val" in r.get("student", {}):   # runs since the key exists: the validation figure
         out["student_sub_agreement_val"] = r["student"]["sub_agreement_val"]
     for label, role, key in ROWS:
-        rec = r[role][key]
-        out[label] = {k: rec[k] for k in ("token_acc", "step_acc", "majority")}
+        if key in r.get(role, {}):
+            rec = r[role][key]
+            out[label] = {k: rec[k] for k in ("token_acc", "step_acc", "majority")}
     return out
 
 
@@ -49,12 +55,14 @@ def table(runs: Dict[str, Dict]) -> str:
     figs = list(runs.values())
     lines = ["| row | token recovery | step recovery | majority (token) |", "|---|---|---|---|"]
     for label, _, _ in ROWS:
-        cells = [mean_sd([f[label][k] for f in figs]) for k in ("token_acc", "step_acc", "majority")]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    acc = {role: mean_sd([f[f"{role}_accuracy"] for f in figs]) for role in ("teacher", "student")}
+        if all(label in f for f in figs):
+            cells = [mean_sd([f[label][k] for f in figs]) for k in ("token_acc", "step_acc", "majority")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    acc = ", ".join(f"{role} {mean_sd([f[f'{role}_accuracy'] for f in figs])}" for role in ("teacher", "student")
+                    if all(f"{role}_accuracy" in f for f in figs))
     agree = [f["student_sub_agreement_val"] for f in figs if "student_sub_agreement_val" in f]
     val = f"; student head = teacher scores on validation tokens {mean_sd(agree)}" if len(agree) == len(figs) else ""
-    return "\n".join(lines) + f"\n\n{len(figs)} run(s); accuracy: teacher {acc['teacher']}, student {acc['student']}{val}"
+    return "\n".join(lines) + f"\n\n{len(figs)} run(s); accuracy: {acc}{val}"
 
 
 def main(argv: List[str] | None = None) -> Dict:

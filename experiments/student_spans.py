@@ -1,0 +1,73 @@
+"""Where a distilled CNN student puts its tokens, and what that does to its sub-action recovery.
+
+A CNN student's adapter predicts each teacher token's attributes, span start `t` and length `l` included
+(`kd.attr`); its sub-action head's recovery (`student.subaction_recovery_scores`) is scored against the
+ground truth under the student's *own* spans, as a deployed student would place them. This script
+rebuilds a finished synthetic run's selected student (state/student_best.pt) and reports, on the test
+windows: recovery under its own spans and under its teacher's spans (same head outputs), the argmax
+agreement of head and teacher, and the mean absolute error of t and l against the teacher's.
+
+    python -m experiments.student_spans runs/syn_rs130c2_tl1_s0 runs/syn_rs130c2_tl30_s0 [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from kd.evaluate import load_run
+from kd.pipeline import build_distiller, load_teacher, recovery_scorer
+from kd.recovery import argmax_agreement, student_tokens
+
+
+@torch.no_grad()
+def report(run: Path) -> Dict:
+    cfg, splits = load_run(run)
+    teacher, meta = load_teacher(Path(cfg.teacher.checkpoint), splits,
+                                 expect=OmegaConf.to_container(cfg.teacher, resolve=True))
+    distiller = build_distiller(cfg, splits, teacher)
+    distiller.load_state_dict(torch.load(run / "state" / "student_best.pt", map_location="cpu", weights_only=True))
+    distiller.eval()
+    score = recovery_scorer(cfg, splits, meta)
+
+    def teacher_spans(x, y):   # the student's head outputs at its teacher's token spans
+        out = teacher(x, keys="vocab", reconstruct=False)
+        B = x.shape[0]
+        return out["t"].reshape(B, -1, 1), out["l"].reshape(B, -1, 1), distiller.student_forward(x, None)[0].sub_logits
+
+    err = {"t": [], "l": []}
+    for b in DataLoader(splits.test, batch_size=64):
+        s_attr = distiller.student_forward(b["x"], None)[0].attr
+        out = teacher(b["x"], keys="vocab", reconstruct=False)
+        for a in err:
+            err[a].append((s_attr[a].flatten() - out[a].flatten()).abs())
+    return {"run": str(run),
+            "recovery_own_spans": score(student_tokens(distiller, "sub_logits"))["token_acc"],
+            "recovery_teacher_spans": score(teacher_spans)["token_acc"],
+            "agreement_with_teacher_test": argmax_agreement(
+                lambda x: distiller.student_forward(x, None)[0].sub_logits,
+                lambda x, y: teacher.teach(x, y).sub_logits, splits.test),
+            **{f"{a}_abs_error": float(torch.cat(v).mean()) for a, v in err.items()},
+            "token_slot_width": 1 / (teacher.cfg.num_token)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="+")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    rows = [report(Path(r)) for r in args.run_dirs]
+    print(json.dumps(rows, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
