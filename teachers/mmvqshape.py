@@ -10,6 +10,8 @@ the *order* of the class's sub-actions (weak supervision from an ordered transcr
   class's ordered sub-actions by forward-backward on a cyclic left-to-right chain
   (teachers/alignment.py); the state posteriors, scattered into the vocabulary, are the targets p
   (for the first `align_warmup_steps`, the class-masked softmax of the scores: set only, no order);
+  with `align_emission=codes` the chain's emissions come from a table over the shape codes instead,
+  until `align_scores_from_step`, after which the teacher realigns on its own scores;
 * L_sub = CE(p, softmax(s)) trains the scores; L_act = KL(p || softmax(action_decoder(z_q))) makes
   every shape code decode to a sub-action distribution as well as a shape.
 
@@ -280,7 +282,8 @@ class MMVQShape(VQShape):
         ids = self.class_index[y]
         rows = torch.arange(B, device=y.device)
         if self.reads_scores():
-            tok = self.scaled_scores(out).gather(-1, ids.repeat_interleave(C, 0)[:, None, :].expand(-1, N, -1)).view(B, C * N, -1)
+            states = ids.repeat_interleave(C, 0)[:, None, :].expand(-1, N, -1)       # (B*C, N, K)
+            tok = self.scaled_scores(out).gather(-1, states).view(B, C * N, -1)     # (B, C*N, K)
             emit = pool_bins(tok, bins, N) / pool_bins(torch.ones_like(tok[..., :1]), bins, N).clamp(min=1)
         else:
             emit = pool_bins(self.code_emit.token_emissions(codes, ids).flatten(1, 2), bins, N)
