@@ -655,6 +655,11 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
     return cfg
 
 
+# How a trained text-guided teacher teaches (which keys, which sub-action targets), relative to the teacher
+# section: the pairing's choice, not part of what was trained. A checkpoint is taught from with the
+# pairing's values (kd.pipeline.load_teacher) and a study shares one teacher across them (kd.cv.teacher_key).
+TEACHING_KEYS = ("fusion.teach_keys", "fusion.teach_sub")
+
 # Keys that may change between runs into one run_dir (what to do, not what is computed);
 # train.num_threads changes speed only.
 IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")

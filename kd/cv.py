@@ -40,7 +40,8 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from kd.config import IGNORED_FOR_RERUN, ConfigError, comparable, config_diffs, config_from_dict, load_config
+from kd.config import (IGNORED_FOR_RERUN, TEACHING_KEYS, ConfigError, comparable, config_diffs, config_from_dict,
+                       load_config)
 from kd.contract import teacher_outputs
 from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, sign_flip_p, summary
 
@@ -236,7 +237,7 @@ def teacher_key(cfg) -> Optional[str]:
     """A short hash of everything a run's teacher depends on (None: no teacher)."""
     if cfg.teacher.arch == "none":
         return None
-    d = comparable(cfg, (*NOT_TEACHER_KEYS, "teacher.checkpoint"))
+    d = comparable(cfg, (*NOT_TEACHER_KEYS, "teacher.checkpoint", *(f"teacher.{k}" for k in TEACHING_KEYS)))
     reads = ARCH_SECTIONS.get(cfg.teacher.arch, ("cnn",))
     for section in {"cnn", *(s for sections in ARCH_SECTIONS.values() for s in sections)} - set(reads):
         d["teacher"].pop(section)

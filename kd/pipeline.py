@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
-from kd.config import ConfigError, comparable, config_diffs, config_from_dict, to_yaml
+from kd.config import TEACHING_KEYS, ConfigError, comparable, config_diffs, config_from_dict, to_yaml
 from kd.data import build_splits
 from kd.distiller import Distiller, OwnLossTask, TeacherGroup
 from kd.engine import StageSpec, TeacherCache, eval_loader, evaluate, fit
@@ -100,11 +100,6 @@ def text_tensors(cfg, splits) -> Tuple[Optional[Dict], Optional[object]]:
 # ----------------------------------------------------------------------------- teacher
 def teacher_dir(cfg) -> Path:
     return Path(cfg.teacher.checkpoint) if cfg.teacher.checkpoint else Path(cfg.run_dir) / "teacher"
-
-
-# How a trained text-guided teacher teaches (which keys, which sub-action targets): the pairing's choice,
-# not part of what was trained, so a checkpoint is taught from with the pairing's values.
-TEACHING_KEYS = ("fusion.teach_keys", "fusion.teach_sub")
 
 
 def load_teacher(path: Path, splits, expect: Optional[Dict] = None) -> Tuple[nn.Module, Dict]:
