@@ -211,7 +211,8 @@ class FusionConfig:
     # the tokens of each time bin; one chain per window as with the codes). The code table starts the
     # alignment where the scores cannot (they are random at first and reinforce their own guess); once
     # the scores have learned its targets they read far more than one code per channel, and realigning on
-    # them sharpens the targets (experiments/subactions.md §8; hybrid-HMM realignment). None: never.
+    # them sharpens the targets (experiments/subactions.md §8; hybrid-HMM realignment). Too early and the
+    # scores reinforce their own first guess (synthetic: 130 and 260 work, 50 collapses). None: never.
     align_scores_from_step: Optional[int] = None
     align_code_decay: float = 0.98      # "codes": counts are multiplied by this every training step
     align_code_smoothing: float = 0.1   # "codes": added to every count before normalising over codes
