@@ -49,6 +49,11 @@ def main(argv=None) -> dict:
         if health and health["collapsed"]:
             print("!!! WARNING: the teacher's tokens have COLLAPSED (" + "; ".join(health["collapse_reasons"])
                   + "). See teacher/shapes.png and teacher/token_windows.png. !!!")
+        alignment = results.get("teacher", {}).get("alignment")
+        if alignment and alignment["collapsed"]:
+            print(f"!!! WARNING: the teacher's sub-action alignment has COLLAPSED: "
+                  f"{alignment['one_state_windows']:.0%} of held-out windows are one sub-action from start to end, "
+                  f"so the sub-action targets a student gets carry no order. See teacher/subaction_windows.png. !!!")
     end_processes()
     return results
 

@@ -5,7 +5,8 @@ A CNN student's adapter predicts each teacher token's attributes, span start `t`
 ground truth under the student's *own* spans, as a deployed student would place them. This script
 rebuilds a finished synthetic run's selected student (state/student_best.pt) and reports, on the test
 windows: recovery under its own spans and under its teacher's spans (same head outputs), the argmax
-agreement of head and teacher, and the mean absolute error of t and l against the teacher's.
+agreement of head and teacher, the mean absolute error of t and l against the teacher's, and one window
+per class spelled out token by token (truth, teacher, student).
 
     python -m experiments.student_spans runs/syn_rs130c2_tl1_s0 runs/syn_rs130c2_tl30_s0 [--out FILE]
 """
@@ -46,7 +47,7 @@ def report(run: Path) -> Dict:
         out = teacher(b["x"], keys="vocab", reconstruct=False)
         for a in err:
             err[a].append((s_attr[a].flatten() - out[a].flatten()).abs())
-    return {"run": str(run),
+    return {"run": str(run), "windows": per_class_windows(distiller, teacher, splits, meta, cfg),
             "recovery_own_spans": score(student_tokens(distiller, "sub_logits"))["token_acc"],
             "recovery_teacher_spans": score(teacher_spans)["token_acc"],
             "agreement_with_teacher_test": argmax_agreement(
@@ -54,6 +55,30 @@ def report(run: Path) -> Dict:
                 lambda x, y: teacher.teach(x, y).sub_logits, splits.test),
             **{f"{a}_abs_error": float(torch.cat(v).mean()) for a, v in err.items()},
             "token_slot_width": 1 / (teacher.cfg.num_token)}
+
+
+@torch.no_grad()
+def per_class_windows(distiller, teacher, splits, meta, cfg) -> Dict[str, Dict[str, str]]:
+    """The first test window of each class, channel 0's tokens in span order, one letter per primitive
+    (a = the first of kd.data.synthetic.PRIMITIVES): the truth under the teacher's spans, the teacher's
+    label-free scores, its Viterbi path given the class, and the student's head (signal only)."""
+    from kd.data.synthetic import PRIMITIVES
+    from kd.recovery import span_majority, synthetic_vocab_map
+    from kd.text import description_file
+    vmap = synthetic_vocab_map(meta["vocab_texts"], description_file(cfg.text, "synthetic"))
+    b = next(iter(DataLoader(splits.test, batch_size=len(splits.test))))
+    first = {int(c): int((b["y"] == c).nonzero()[0]) for c in b["y"].unique()}
+    x, y = b["x"][list(first.values())], b["y"][list(first.values())]
+    out = teacher(x, keys="vocab", reconstruct=False)
+    N = out["t"].shape[1]                                                              # channel 0 = rows 0::C
+    t, l = out["t"][::teacher.num_channels], out["l"][::teacher.num_channels]           # (W, N, 1)
+    truth = span_majority(b["subaction"][list(first.values())], t, l, len(PRIMITIVES))
+    viterbi = teacher.decode(out, y)["viterbi"][::teacher.num_channels]
+    rows = {"truth": truth, "teacher label-free": vmap[out["sub_scores"][::teacher.num_channels].argmax(-1)],
+            "teacher Viterbi given class": vmap[viterbi],
+            "student head": vmap[distiller.student_forward(x, None)[0].sub_logits[:, :N].argmax(-1)]}
+    letters = lambda row: "".join(chr(ord("a") + int(p)) for p in row)  # noqa: E731
+    return {splits.class_names[c]: {k: letters(v[i]) for k, v in rows.items()} for i, c in enumerate(first)}
 
 
 def main(argv=None):

@@ -95,6 +95,12 @@ def teacher_viterbi_tokens(teacher) -> TokenFn:
     return fn
 
 
+# Above this share of held-out windows aligned to one sub-action throughout, the run warns that the
+# alignment has collapsed (every measured working alignment: 0.00-0.01; the collapses 0.9-1.0,
+# experiments/subactions.md §8).
+ONE_STATE_LIMIT = 0.5
+
+
 @torch.no_grad()
 def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     """What ordered alignment learned, on held-out windows (no ground truth needed):
@@ -102,8 +108,11 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     whole vocabulary, no class given) is the state of the Viterbi path given the true class;
     `likelihood_class_acc` = accuracy of naming a window's class by its best alignment likelihood;
     `decoder_vocab_share` = share of the vocabulary that is the top sub-action of some used shape code
-    under the action decoder."""
-    agree, tokens, right, windows, used = 0, 0, 0, 0, set()
+    under the action decoder; `one_state_windows` = share of windows whose Viterbi path stays on one
+    sub-action from start to end (an alignment that has not learned the order: `collapsed` above
+    ONE_STATE_LIMIT); `free_top_share` = share of tokens whose label-free sub-action is the commonest one."""
+    agree, tokens, right, windows, one_state, used = 0, 0, 0, 0, 0, set()
+    free_counts = torch.zeros(teacher.M, dtype=torch.long)
     n_cls = len(teacher.class_index)
     for batch in DataLoader(dataset, batch_size=batch_size):
         x, y = batch["x"], batch["y"]
@@ -115,10 +124,17 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
                            for c in range(n_cls)], dim=1)                            # (B, n_cls)
         right += int((lik.argmax(1) == y).sum())
         windows += len(y)
+        path = dec["viterbi"].reshape(len(y), -1)                                     # (B, C*N) states
+        one_state += int((path == path[:, :1]).all(dim=1).sum())
+        free_counts += torch.bincount(dec["free"].flatten().cpu(), minlength=teacher.M)
         used.update(out["code_idx"].flatten().tolist())
     top = teacher.action_decoder(teacher.codebook.weight[sorted(used)]).argmax(-1)
+    share = one_state / max(windows, 1)
     return {"free_vs_viterbi": agree / max(tokens, 1), "likelihood_class_acc": right / max(windows, 1),
-            "decoder_vocab_share": len(set(top.tolist())) / teacher.M, "tokens": tokens, "windows": windows}
+            "decoder_vocab_share": len(set(top.tolist())) / teacher.M, "one_state_windows": share,
+            "free_top_share": float(free_counts.max()) / max(tokens, 1), "collapsed": share > ONE_STATE_LIMIT,
+            "tokens": tokens, "windows": windows}
+
 
 
 def student_tokens(distiller, head: str = "action_logits") -> TokenFn:
