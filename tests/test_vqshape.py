@@ -441,6 +441,30 @@ def test_teach_sub_alignment_hands_on_the_posterior_given_the_class():
                            s(x, keys="vocab", reconstruct=False)["sub_scores"].view(4, -1, s.M))
 
 
+def test_alignment_report_counts_windows_aligned_to_one_sub_action():
+    """one_state_windows: the share of windows whose Viterbi path never changes state (3 of 4 here ->
+    collapsed); free_top_share: the share of tokens on the commonest label-free entry."""
+    from kd.recovery import ONE_STATE_LIMIT, alignment_report
+    torch.manual_seed(0)
+    C = 2
+    m = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
+                  FusionConfig(action_target="ordered", sub_input="window", align_emission="codes"), C, 3,
+                  **text_tensors()).eval()
+    data = [{"x": torch.randn(C, 512), "y": torch.tensor(i % 3)} for i in range(4)]
+    N = m.cfg.num_token
+    path = torch.zeros(4 * C, N, dtype=torch.long)
+    path[6:, N // 2:] = 2                                                       # window 3 changes state
+    free = torch.zeros(4 * C, N, dtype=torch.long)
+    free[:, : N // 4] = 1                                                       # 3/4 of tokens on entry 0
+    decode = m.decode
+    m.decode = lambda out, y: {**decode(out, y), "viterbi": path, "free": free}
+    rep = alignment_report(m, data)
+    assert rep["one_state_windows"] == 0.75 and rep["collapsed"] == (0.75 > ONE_STATE_LIMIT) is True
+    assert rep["free_top_share"] == 0.75
+    path[:2, N // 2:] = 1                                                       # windows 0 and 3 change: half
+    assert alignment_report(m, data)["collapsed"] is False
+
+
 def test_mmvqshape_rejects_class_without_text():
     text = text_tensors()
     text["class_mask"][2] = False
