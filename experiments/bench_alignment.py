@@ -2,8 +2,9 @@
 
 The default text-guided teacher (dim 64, 2/2/1 layers, 32 tokens, 6 channels x 512, batch 32, 7
 classes with 5 sub-actions each) trained one step at a time with fusion.action_target =
-"attention" (no scores, no E-step), "set" (scores + class-masked softmax) and "ordered" (scores +
-forward-backward on the cyclic chain); steps interleaved (A, B, C, A, B, C, ...) in this one process
+"attention" (no scores, no E-step), "set" (scores + class-masked softmax), "ordered" (scores +
+forward-backward on the cyclic chain), "codes_window2" (the E-step on a code table, scores reading every
+channel within 2 time bins) and "realigned" (the same after the switch to the scores); steps interleaved (A, B, C, A, B, C, ...) in this one process
 so drift hits all alike. Prints the median step time of each and the ratios to "attention".
 
     python -m experiments.bench_alignment [--steps 20] [--threads 2]
@@ -19,10 +20,17 @@ import torch
 from kd.config import FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape
 
-TARGETS = ("attention", "set", "ordered")
+# name -> FusionConfig settings (the target under study in configs/synthetic_subactions.yaml last: emissions
+# from the code table with window scores over +-2 bins, and the same after the switch to the scores)
+VARIANTS = {"attention": dict(action_target="attention"),
+            "set": dict(action_target="set"),
+            "ordered": dict(action_target="ordered"),
+            "codes_window2": dict(action_target="ordered", align_emission="codes", sub_input="window", sub_context=2),
+            "realigned": dict(action_target="ordered", align_emission="codes", sub_input="window", sub_context=2,
+                              align_scores_from_step=0)}
 
 
-def build(target: str, seed: int = 0) -> MMVQShape:
+def build(variant: str, seed: int = 0) -> MMVQShape:
     torch.manual_seed(seed)
     n_cls, K, M, Dt = 7, 5, 30, 384
     class_index = torch.arange(n_cls * K).view(n_cls, K) % M
@@ -30,7 +38,7 @@ def build(target: str, seed: int = 0) -> MMVQShape:
             "class_mask": torch.ones(n_cls, K, dtype=torch.bool), "label_emb": torch.randn(n_cls, Dt)}
     cfg = VQShapeConfig(dim=64, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4,
                         head_detach=True, lambda_shape_norm=1.0)
-    return MMVQShape(cfg, FusionConfig(action_target=target, align_warmup_steps=0), 6, n_cls, **text)
+    return MMVQShape(cfg, FusionConfig(**VARIANTS[variant], align_warmup_steps=0), 6, n_cls, **text)
 
 
 def main(argv=None):
@@ -39,13 +47,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = {t: build(t) for t in TARGETS}
+    models = {t: build(t) for t in VARIANTS}
     opts = {t: torch.optim.AdamW(m.parameters(), lr=1e-3) for t, m in models.items()}
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(32, 6, 512, generator=g), torch.randint(0, 7, (32,), generator=g)
-    times = {t: [] for t in TARGETS}
+    times = {t: [] for t in VARIANTS}
     for step in range(args.steps + 2):                      # two warm-up rounds
-        for t in TARGETS:
+        for t in VARIANTS:
             m, opt = models[t], opts[t]
             t0 = time.perf_counter()
             loss = sum(m.losses(m.fit_forward({"x": x, "y": y}), y).values())
@@ -56,9 +64,9 @@ def main(argv=None):
                 times[t].append(time.perf_counter() - t0)
     base = statistics.median(times["attention"])
     print(f"threads {args.threads}, {args.steps} interleaved steps each, batch 32 x 6 channels x 512")
-    for t in TARGETS:
+    for t in VARIANTS:
         med = statistics.median(times[t])
-        print(f"{t:10s} median step {med * 1000:7.1f} ms   x{med / base:.3f} of attention")
+        print(f"{t:14s} median step {med * 1000:7.1f} ms   x{med / base:.3f} of attention")
 
 
 if __name__ == "__main__":
