@@ -12,8 +12,6 @@ per class spelled out token by token (truth, teacher, student).
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Dict
 
@@ -21,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from experiments.run_reports import main_over_runs
 from kd.evaluate import load_run
 from kd.pipeline import build_distiller, load_teacher, recovery_scorer
 from kd.recovery import argmax_agreement, student_tokens
@@ -82,16 +81,7 @@ def per_class_windows(distiller, teacher, splits, meta, cfg) -> Dict[str, Dict[s
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dirs", nargs="+")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    rows = [report(Path(r)) for r in args.run_dirs]
-    print(json.dumps(rows, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
+    return main_over_runs(__doc__, report, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ health recipe's are, put the k-th token of every channel at the same place).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Dict, List
 
@@ -32,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from experiments.run_reports import main_over_runs
 from kd.config import load_config
 from kd.data import build_splits
 from kd.data.synthetic import PRIMITIVES
@@ -201,7 +201,7 @@ def report(run_dir: str) -> Dict:
     vmap = synthetic_vocab_map(meta["vocab_texts"], description_file(cfg.text, "synthetic"))
     tr, te = collect(teacher, splits.train), collect(teacher, splits.test)
     P = len(PRIMITIVES)
-    rep = {"run_dir": run_dir, "test_tokens": int(te["truth"].numel()),
+    rep = {"run_dir": str(run_dir), "test_tokens": int(te["truth"].numel()),
            "majority": float(torch.bincount(te["truth"].flatten(), minlength=P).max()) / te["truth"].numel(),
            **code_oracles(tr, te, teacher.cfg.num_code),
            "mlp_attrs_per_channel": mlp_probe(tr, te, joint=False), "mlp_attrs_joint": mlp_probe(tr, te, joint=True),
@@ -217,16 +217,7 @@ def report(run_dir: str) -> Dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dirs", nargs="+")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    rows = [report(r) for r in args.run_dirs]
-    print(json.dumps(rows, indent=2))
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(rows, fh, indent=2)
+    return main_over_runs(__doc__, report, argv)
 
 
 if __name__ == "__main__":
