@@ -96,8 +96,8 @@ def teacher_viterbi_tokens(teacher) -> TokenFn:
 
 
 # Above this share of held-out windows aligned to one sub-action throughout, the run warns that the
-# alignment has collapsed (every measured working alignment: 0.00-0.01; the collapses 0.9-1.0,
-# experiments/subactions.md §8).
+# alignment has collapsed (measured: 0.00 for every working synthetic alignment; 0.81-1.00 for the
+# collapsed ones, synthetic with an early switch and watch; experiments/subactions.md §8).
 ONE_STATE_LIMIT = 0.5
 
 
