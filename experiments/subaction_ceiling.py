@@ -35,6 +35,7 @@ from experiments.run_reports import main_over_runs
 from kd.config import load_config
 from kd.data import build_splits
 from kd.data.synthetic import PRIMITIVES
+from kd.layers import neighbour_context
 from kd.pipeline import load_teacher
 from kd.recovery import span_majority, synthetic_vocab_map
 from kd.text import description_file
@@ -77,9 +78,7 @@ def code_oracles(tr, te, V: int) -> Dict[str, float]:
 
 def joint_context(d, k: int) -> torch.Tensor:
     """(B, N, (2k+1) C F): every channel's attributes at each time position and k positions either side."""
-    a = F.pad(d["attrs"].permute(0, 2, 1, 3).flatten(2), (0, 0, k, k))               # (B, N + 2k, C*F)
-    N = d["attrs"].shape[2]
-    return torch.cat([a[:, j:j + N] for j in range(2 * k + 1)], -1)
+    return neighbour_context(d["attrs"].permute(0, 2, 1, 3).flatten(2), k)
 
 
 def fit_probe(net, x, y, xt, yt, epochs: int) -> float:

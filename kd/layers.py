@@ -26,6 +26,14 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * log(p)).sum(dim=-1)
 
 
+def neighbour_context(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, N, F) per position -> (B, N, (2k+1) F): each position's features beside those of the k positions
+    before and after it, in time order (zeros past the sequence's ends)."""
+    N = x.shape[1]
+    padded = torch.nn.functional.pad(x, (0, 0, k, k))                                # (B, N + 2k, F)
+    return torch.cat([padded[:, j:j + N] for j in range(2 * k + 1)], dim=-1)
+
+
 class MLP(nn.Sequential):
     """Linear -> ReLU -> Linear (the official attribute heads)."""
 

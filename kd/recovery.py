@@ -136,7 +136,6 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
             "tokens": tokens, "windows": windows}
 
 
-
 def student_tokens(distiller, head: str = "action_logits") -> TokenFn:
     """A student's own tokens (VQShape student) or its adapter tokens (CNN), signal only; head:
     "action_logits" (the frozen action decoder on each token's code) or "sub_logits" (the student's

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kd.layers import Attention, FeedForward, check_rank
+from kd.layers import Attention, FeedForward, check_rank, neighbour_context
 from kd.vqshape import VQShape, AttributeHeads
 
 
@@ -78,7 +78,5 @@ class SubActionHead(nn.Module):
             raise ValueError(f"{G} tokens do not split into {C} channels")
         N = G // C
         per_pos = tokens.view(B, C, N, d).transpose(1, 2).reshape(B, N, C * d)       # (B, N, C*d)
-        padded = F.pad(per_pos, (0, 0, k, k))                                         # zeros past the ends
-        ctx = torch.cat([padded[:, i:i + N] for i in range(2 * k + 1)], dim=-1)       # (B, N, (2k+1)*C*d)
-        scores = self.linear(ctx)                                                     # (B, N, M)
+        scores = self.linear(neighbour_context(per_pos, k))                           # (B, N, M)
         return scores[:, None].expand(B, C, N, scores.shape[-1]).reshape(B, G, -1)

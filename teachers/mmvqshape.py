@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from teachers.alignment import (CodeEmissions, chain_posteriors, chain_viterbi, class_emissions, pool_bins,
                                 state_posteriors, time_bins, tokens_to_vocabulary)
-from kd.layers import MLP, Attention
+from kd.layers import MLP, Attention, neighbour_context
 from kd.vqshape import ShapeCodebook, VQShape, fold_tokens
 
 
@@ -232,9 +232,7 @@ class MMVQShape(VQShape):
         total = f.new_zeros(batch, C, N, W).scatter_add(2, bins.expand_as(f), f)
         count = f.new_zeros(batch, C, N, 1).scatter_add(2, bins, torch.ones_like(bins, dtype=f.dtype))
         per_bin = (total / count.clamp(min=1)).permute(0, 2, 1, 3).flatten(2)          # (B, N, C*W)
-        k = self.fusion.sub_context
-        padded = F.pad(per_bin, (0, 0, k, k))                                          # (B, N + 2k, C*W)
-        ctx = torch.cat([padded[:, j:j + N] for j in range(2 * k + 1)], -1)            # bins n-k .. n+k
+        ctx = neighbour_context(per_bin, self.fusion.sub_context)                      # bins n-k .. n+k
         idx = bins.view(batch, C * N, 1).expand(-1, -1, ctx.shape[-1])
         return ctx.gather(1, idx).view(batch * C, N, -1)
 
