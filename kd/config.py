@@ -120,10 +120,6 @@ class VQShapeConfig:
     # Extra shape loss MSE(s, znorm(target)) on the decoded shape itself: the scale sigma cannot hide a
     # shape that does not follow its subsequence from it (0 = the official recipe).
     lambda_shape_norm: float = 0.0
-    # Weight of a second reconstruction, the series drawn from each token's scaled shape stretched onto
-    # its span (kd/vqshape.py: render_shapes). Unlike the patch decoder's output grid, it scores where a
-    # span is: a shape slides towards the part of the window it looks like (0 = off, the official recipe).
-    lambda_render: float = 0.0
     # The classification head reads detached attribute tokens: cross-entropy trains the head only and
     # cannot drag spans and shapes onto one discriminative spot.
     head_detach: bool = False
@@ -155,17 +151,6 @@ class VQShapeConfig:
     # of the window (slot i on [i/N, i/N + 2/N]); "none" (official): every slot starts near t = 0.5,
     # l = 0.25, so at first every span reads the same subsequence.
     span_init: str = "none"
-    # Where the N spans may lie. "free" (official): each slot's (t, l) from its own sigmoid heads.
-    # "partition": the spans tile the window exactly, in slot order, with per-window lengths
-    # l = min_len + (1 - N min_len) softmax(length logits), t = the sum of the earlier lengths
-    # (coverage 1 by construction; needs span_init: none).
-    span_layout: str = "free"
-    # With code_input: subsequence, let gradients reach t and l through the subsequence the code, mu and
-    # sigma are read from (false: t, l detached there, as the official L_s target).
-    span_grad: bool = False
-    # What the span heads read: "token" (official: the tokenizer output) or "tile" (also the signal under
-    # the slot's starting tile, through a second head: needs span_init: tiling, code_input: subsequence).
-    span_input: str = "token"
 
 
 @dataclass
@@ -216,7 +201,6 @@ class FusionConfig:
     align_scores_from_step: Optional[int] = None
     align_code_decay: float = 0.98      # "codes": counts are multiplied by this every training step
     align_code_smoothing: float = 0.1   # "codes": added to every count before normalising over codes
-    sub_detach: bool = False        # the scores read detached tokens: L_sub trains the projections only
     align_prior_momentum: float = 0.99
     # What the sub-action scores read. "token": the tokenizer output h (P_h is linear). "code": what the
     # subsequence under the token's span looks like -- its code z_e with its mean and std (mu, sigma),
@@ -306,6 +290,13 @@ class SubKLConfig(LossConfig):
 # Parameters every KD loss section carried before each loss held only its own; they had no effect on
 # the losses that do not read them, so a saved config's copies are dropped when it is read back.
 RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
+# Model options retired after they were measured not to help (experiments/teacher_health.md section 6 for the
+# span options, experiments/subactions.md section 4 for sub_detach), with the value that meant "off". Commit
+# RETIRED_AT has them. A saved config holding one at that value is read without it (it built the same model);
+# any other value names a model this version cannot build.
+RETIRED_AT = "b7a39b8"
+RETIRED_OPTIONS = {"vqshape.span_layout": "free", "vqshape.span_grad": False, "vqshape.span_input": "token",
+                   "vqshape.lambda_render": 0.0, "fusion.sub_detach": False}
 ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
 
 
@@ -440,8 +431,6 @@ VQSHAPE_CHOICES = {
     "head_input": ("attributes", "tokens"),
     "decoder_input": ("tokens", "spans", "span_overlap"),
     "span_init": ("none", "tiling"),
-    "span_layout": ("free", "partition"),
-    "span_input": ("token", "tile"),
 }
 CHOICES.update({f"{side}.vqshape.{k}": v for side in ("teacher", "student") for k, v in VQSHAPE_CHOICES.items()})
 
@@ -469,6 +458,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        if key.split(".", 1)[-1] in RETIRED_OPTIONS:
+            raise ConfigError(f"{key} was retired (measured not to help; see the comment on RETIRED_OPTIONS in "
+                              f"kd/config.py): remove it, or run commit {RETIRED_AT}, which has it") from None
         raise ConfigError(f"unknown config key {key!r} (check the spelling against kd/config.py)") from None
     except ValidationError as err:
         key = getattr(err, "full_key", None)
@@ -517,18 +509,6 @@ def validate_config(cfg: DictConfig) -> None:
             if v.dim % v[f"{name}_heads"]:
                 raise ConfigError(f"{side}.vqshape.dim={v.dim} must be divisible by "
                                   f"{side}.vqshape.{name}_heads={v[f'{name}_heads']}")
-        if v.span_layout == "partition" and v.span_init != "none":
-            raise ConfigError(f"{side}.vqshape.span_layout=partition starts as the uniform tiling already: set "
-                              f"{side}.vqshape.span_init=none (it is {v.span_init!r})")
-        if v.span_layout == "partition" and v.num_token >= 64:
-            raise ConfigError(f"{side}.vqshape.span_layout=partition needs num_token < 64 (spans of at least "
-                              f"1/64 tiling the window), got {side}.vqshape.num_token={v.num_token}")
-        if v.span_input == "tile" and (v.span_init != "tiling" or v.code_input != "subsequence"):
-            raise ConfigError(f"{side}.vqshape.span_input=tile reads the signal under each slot's starting tile: it "
-                              f"needs {side}.vqshape.span_init=tiling and {side}.vqshape.code_input=subsequence")
-        if v.span_grad and v.code_input != "subsequence":
-            raise ConfigError(f"{side}.vqshape.span_grad=true acts on the subsequence the code is read from: it "
-                              f"needs {side}.vqshape.code_input=subsequence (it is {v.code_input!r})")
     if cfg.teacher.members < 1:
         raise ConfigError(f"teacher.members={cfg.teacher.members} must be >= 1 (1: a single teacher network)")
     if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "topo", "none"):
@@ -643,7 +623,8 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def config_from_dict(d: Dict[str, Any]) -> DictConfig:
     """Rebuild a validated config from a saved (resolved) dict, e.g. one stored with a checkpoint or a
-    run's config.yaml (RETIRED_LOSS_KEYS a loss does not read are dropped)."""
+    run's config.yaml (RETIRED_LOSS_KEYS a loss does not read are dropped, and RETIRED_OPTIONS at their "off"
+    value)."""
     d = copy.deepcopy(d)
     schema = KDConfig()
     for name, section in (d.get("kd") or {}).items():
@@ -651,6 +632,13 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
             for key in RETIRED_LOSS_KEYS:
                 if not hasattr(getattr(schema, name), key):
                     section.pop(key, None)
+    for side in ("teacher", "student"):
+        for dotted, off in RETIRED_OPTIONS.items():
+            part, key = dotted.split(".")
+            section = (d.get(side) or {}).get(part) or {}
+            if key in section and section.pop(key) != off:
+                raise ConfigError(f"this run was made with {side}.{dotted}, an option retired since (see "
+                                  f"RETIRED_OPTIONS in kd/config.py): rebuild or load it with commit {RETIRED_AT}")
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
     validate_config(cfg)
     return cfg

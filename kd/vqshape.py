@@ -93,26 +93,6 @@ def span_overlap_weights(t: torch.Tensor, l: torch.Tensor, num_patch: int) -> to
     return o / o.sum(-1, keepdim=True).clamp(min=1.0)
 
 
-def render_shapes(s: torch.Tensor, t: torch.Tensor, l: torch.Tensor, length: int) -> torch.Tensor:
-    """The inverse of `extract_subsequence`: each token's shape s (B', N, L) stretched onto its span
-    [t, min(t + l, 1)] of a series of `length` steps -> (B', length). Step i stands for the interval
-    [tau_i - h, tau_i + h] (clipped to [0, 1], h half a step) and weighs a token by the fraction of that
-    interval its span covers: a step under several spans gets their weighted mean, a step under none 0
-    (the mean of a normalised series). The sampling position inside a span is linear in t and l, so the
-    series is differentiable in where the spans are: a shape slides towards where the signal looks like it."""
-    tau = torch.linspace(0, 1, length, device=s.device, dtype=s.dtype)            # (T,)
-    h = 0.5 / (length - 1)
-    a = cover_fraction(t, l, (tau - h).clamp(min=0), (tau + h).clamp(max=1))      # (B', N, T)
-    L = s.shape[-1]
-    u = ((tau - t) / ((t + l).clamp(max=1) - t).clamp(min=1e-6)).clamp(0, 1) * (L - 1)
-    i0 = u.detach().floor().clamp(max=L - 2)
-    w = u - i0
-    i0 = i0.long()
-    s0 = s.gather(-1, i0)
-    v = s0 + (s.gather(-1, i0 + 1) - s0) * w                                      # (B', N, T)
-    return (a * v).sum(1) / a.sum(1).clamp(min=1.0)
-
-
 def tiling_logits(n: int, min_len: float) -> torch.Tensor:
     """(n, 2) logits of (t, l) that put slot i on [i/n, i/n + 2/n] through the heads' parameterisation
     t = sigmoid(a) (1 - min_len), l = sigmoid(b) (1 - t) + min_len (spans overlap by half)."""
@@ -127,16 +107,6 @@ def sigmoid_spans(logits: torch.Tensor, min_len: float):
     tl = torch.sigmoid(logits)
     t = tl[..., :1] * (1 - min_len)
     return t, tl[..., 1:] * (1 - t) + min_len
-
-
-def partition_spans(logits: torch.Tensor, min_len: float):
-    """Length logits (B', N, 1) -> spans that tile the window exactly, in slot order:
-    l_j = min_len + (1 - N min_len) softmax_j(logits), t_j = sum_{k<j} l_k. Equal logits give the
-    uniform tiling; a window moves its boundaries by changing the lengths (coverage is 1 by construction)."""
-    n = logits.shape[-2]
-    l = min_len + (1 - n * min_len) * torch.softmax(logits, dim=-2)
-    t = torch.cumsum(l, dim=-2) - l
-    return t, l
 
 
 def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
@@ -370,25 +340,11 @@ class AttributeHeads(nn.Module):
     """
 
     def __init__(self, dim: int, dim_code: int, min_len: float, code_input: str = "token", len_s: int = 128,
-                 span_offsets: Optional[torch.Tensor] = None, span_layout: str = "free", span_grad: bool = False,
-                 span_input: str = "token"):
+                 span_offsets: Optional[torch.Tensor] = None):
         super().__init__()
         if code_input not in ("token", "subsequence"):
             raise ValueError(f"code_input must be 'token' or 'subsequence', got {code_input!r}")
-        if span_layout not in ("free", "partition"):
-            raise ValueError(f"span_layout must be 'free' or 'partition', got {span_layout!r}")
-        if span_layout == "partition" and span_offsets is not None:
-            raise ValueError("span_layout='partition' starts as the uniform tiling already: use span_init='none'")
         self.min_len, self.code_input, self.len_s = min_len, code_input, len_s
-        self.span_layout, self.span_grad = span_layout, span_grad
-        if span_input not in ("token", "tile"):
-            raise ValueError(f"span_input must be 'token' or 'tile', got {span_input!r}")
-        if span_input == "tile" and (span_offsets is None or code_input != "subsequence"):
-            raise ValueError("span_input='tile' reads the subsequence under each slot's starting tile: it needs "
-                             "span_init='tiling' and code_input='subsequence'")
-        # "tile": a second head reads the z-normalised signal under the slot's starting tile (and its mean and
-        # log std) and shifts the span's logits, so where a span goes can depend on what is there
-        self.tile_head = MLP(len_s + 2, 2, dim) if span_input == "tile" else None
         if code_input == "token":
             self.z_head = MLP(dim, dim_code, dim)
             self.mu_head = MLP(dim, 1, dim)
@@ -402,33 +358,17 @@ class AttributeHeads(nn.Module):
     def forward(self, h: torch.Tensor, h_z: Optional[torch.Tensor] = None,
                 x_n: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         logits = self.tl_head(h)
-        if self.span_layout == "partition":
-            t, l = partition_spans(logits[..., 1:], self.min_len)
-        else:
-            if self.span_offsets is not None:
-                logits = logits + self.span_offsets
-            if self.tile_head is not None:
-                logits = logits + self.tile_head(self.tile_features(x_n))
-            t, l = sigmoid_spans(logits, self.min_len)
+        if self.span_offsets is not None:
+            logits = logits + self.span_offsets
+        t, l = sigmoid_spans(logits, self.min_len)
         if self.code_input == "token":
             return {"z_e": self.z_head(h if h_z is None else h_z), "t": t, "l": l,
                     "mu": self.mu_head(h), "sigma": F.softplus(self.sigma_head(h))}
         if x_n is None:
             raise ValueError("code_input='subsequence' needs the normalised series x_n")
-        if self.span_grad:   # the code, mu and sigma change with where the span is: L_x moves spans to content
-            sub = extract_subsequence(x_n, t, l, self.len_s)                  # (B', N, len_s)
-        else:
-            sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)
+        sub = extract_subsequence(x_n, t.detach(), l.detach(), self.len_s)     # (B', N, len_s)
         mu, sigma = row_stats(sub)
         return {"z_e": self.code_encoder((sub - mu) / sigma), "t": t, "l": l, "mu": mu, "sigma": sigma}
-
-    def tile_features(self, x_n: torch.Tensor) -> torch.Tensor:
-        """(B', T) -> (B', N, len_s + 2): each slot's starting tile (the span of its offsets), z-normalised,
-        with its mean and log std."""
-        t0, l0 = sigmoid_spans(self.span_offsets.detach().expand(x_n.shape[0], -1, -1), self.min_len)
-        sub = extract_subsequence(x_n, t0, l0, self.len_s)
-        mu, sigma = row_stats(sub)
-        return torch.cat([(sub - mu) / sigma, mu, sigma.log()], dim=-1)
 
 
 class TokenHead(nn.Module):
@@ -481,11 +421,7 @@ class VQShape(nn.Module):
         if cfg.span_init not in ("none", "tiling"):
             raise ValueError(f"span_init must be 'none' or 'tiling', got {cfg.span_init!r}")
         offsets = tiling_logits(cfg.num_token, self.min_len) if cfg.span_init == "tiling" else None
-        if cfg.span_layout == "partition" and cfg.num_token * self.min_len >= 1:
-            raise ValueError(f"span_layout='partition' needs num_token < {round(1 / self.min_len)} (spans of at "
-                             f"least 1/{round(1 / self.min_len)} tiling the window), got {cfg.num_token}")
-        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets,
-                                   cfg.span_layout, cfg.span_grad, cfg.span_input)
+        self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
                                       cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)
@@ -568,12 +504,8 @@ class VQShape(nn.Module):
         if self.dec_cls is not None:  # the official patch decoder reads [cls, tokens] and drops cls
             h = torch.cat([self.dec_cls.expand(len(h), -1, -1), h], dim=1)
         x_hat = self.patch_out(self.patch_decoder(h)[:, -out["h_hat"].shape[1]:]).flatten(1)  # (B', T)
-        rec = {"shape": shape, "s_hat_n": s, "x_hat_n": x_hat,
-               "s_hat": s * std.unsqueeze(1) + mean.unsqueeze(1), "x_hat": x_hat * std + mean}
-        if self.cfg.lambda_render > 0:   # the series drawn from the scaled shapes at their spans
-            rec["x_render_n"] = render_shapes(s, out["t"], out["l"], x_hat.shape[-1])
-            rec["x_render"] = rec["x_render_n"] * std + mean
-        return rec
+        return {"shape": shape, "s_hat_n": s, "x_hat_n": x_hat,
+                "s_hat": s * std.unsqueeze(1) + mean.unsqueeze(1), "x_hat": x_hat * std + mean}
 
     # -- the engine's protocol -------------------------------------------------------------
     train_keys = "vocab"   # key set while training; MMVQShape mixes class text and vocabulary
@@ -598,7 +530,7 @@ class VQShape(nn.Module):
 
     # -- losses --------------------------------------------------------------------------
     def losses(self, out: Dict[str, torch.Tensor], y: torch.Tensor, supervised: bool = True) -> Dict[str, torch.Tensor]:
-        """Named, already-weighted terms: x, vq, s, shape, render, div, and with `supervised` ce (zero-weight
+        """Named, already-weighted terms: x, vq, s, shape, div, and with `supervised` ce (zero-weight
         terms are left out)."""
         c = self.cfg
         sfx = "_n" if c.loss_scale == "normalized" else ""
@@ -611,8 +543,6 @@ class VQShape(nn.Module):
         }
         if c.lambda_shape_norm > 0:
             terms["shape"] = c.lambda_shape_norm * F.mse_loss(out["shape"], znorm_rows(target))
-        if c.lambda_render > 0:
-            terms["render"] = c.lambda_render * F.mse_loss(out["x_render" + sfx], out["x" + sfx])
         if c.lambda_div > 0:
             terms["div"] = c.lambda_div * disentangle_loss(out["t"], out["l"], c.div_threshold, self.min_len)
         if supervised and c.lambda_ce > 0:

@@ -215,7 +215,7 @@ class MMVQShape(VQShape):
         if self.aligned:
             h = {"token": lambda: out["h"], "code": lambda: torch.cat([out["z_e"], out["mu"], out["sigma"]], -1),
                  "window": lambda: self.window_features(out, x.shape[0])}[self.fusion.sub_input]()
-            out["sub_scores"] = self.sub_scores(h.detach() if self.fusion.sub_detach else h)   # (B*C, N, M)
+            out["sub_scores"] = self.sub_scores(h)                                  # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
 
