@@ -52,7 +52,8 @@ def main(argv=None) -> dict:
         alignment = results.get("teacher", {}).get("alignment")
         if alignment and alignment["collapsed"]:
             print(f"!!! WARNING: the teacher's sub-action alignment has COLLAPSED: "
-                  f"{alignment['one_state_windows']:.0%} of held-out windows are one sub-action from start to end, "
+                  f"{alignment['one_state_windows']:.0%} of held-out windows are one sub-action from start to end and "
+                  f"{alignment['dominant_state_share']:.0%} of a window's tokens are on its commonest one, "
                   f"so the sub-action targets a student gets carry no order. See teacher/subaction_windows.png. !!!")
     end_processes()
     return results

@@ -95,10 +95,14 @@ def teacher_viterbi_tokens(teacher) -> TokenFn:
     return fn
 
 
-# Above this share of held-out windows aligned to one sub-action throughout, the run warns that the
-# alignment has collapsed (measured: 0.00 for every working synthetic alignment; 0.81-1.00 for the
-# collapsed ones, synthetic with an early switch and watch; experiments/subactions.md §8).
+# The run warns that the alignment has collapsed above either limit: the share of held-out windows aligned
+# to one sub-action throughout (measured: 0.00 for every working synthetic alignment; 0.81-1.00 for the
+# collapsed ones, synthetic with an early switch and watch; experiments/subactions.md §8), or the mean share
+# of a window's tokens on its commonest sub-action (working synthetic alignments 0.36-0.38; collapsed 0.90-1.00,
+# among them a watch alignment whose paths only change state in the first and last bins, which the first
+# figure misses; experiments/subactions.md §9).
 ONE_STATE_LIMIT = 0.5
+DOMINANT_LIMIT = 0.75
 
 
 @torch.no_grad()
@@ -109,9 +113,11 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
     `likelihood_class_acc` = accuracy of naming a window's class by its best alignment likelihood;
     `decoder_vocab_share` = share of the vocabulary that is the top sub-action of some used shape code
     under the action decoder; `one_state_windows` = share of windows whose Viterbi path stays on one
-    sub-action from start to end (an alignment that has not learned the order: `collapsed` above
-    ONE_STATE_LIMIT); `free_top_share` = share of tokens whose label-free sub-action is the commonest one."""
-    agree, tokens, right, windows, one_state, used = 0, 0, 0, 0, 0, set()
+    sub-action from start to end; `dominant_state_share` = mean over windows of the share of the window's
+    tokens on its path's commonest sub-action (`collapsed`: an alignment that has not learned the order, above
+    ONE_STATE_LIMIT or DOMINANT_LIMIT); `free_top_share` = share of tokens whose label-free sub-action is the
+    commonest one."""
+    agree, tokens, right, windows, one_state, dominant, used = 0, 0, 0, 0, 0, 0.0, set()
     free_counts = torch.zeros(teacher.M, dtype=torch.long)
     n_cls = len(teacher.class_index)
     for batch in DataLoader(dataset, batch_size=batch_size):
@@ -126,13 +132,15 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
         windows += len(y)
         path = dec["viterbi"].reshape(len(y), -1)                                     # (B, C*N) states
         one_state += int((path == path[:, :1]).all(dim=1).sum())
+        dominant += float((path[:, :, None] == path[:, None, :]).float().mean(1).max(1).values.sum())
         free_counts += torch.bincount(dec["free"].flatten().cpu(), minlength=teacher.M)
         used.update(out["code_idx"].flatten().tolist())
     top = teacher.action_decoder(teacher.codebook.weight[sorted(used)]).argmax(-1)
-    share = one_state / max(windows, 1)
+    share, dominant = one_state / max(windows, 1), dominant / max(windows, 1)
     return {"free_vs_viterbi": agree / max(tokens, 1), "likelihood_class_acc": right / max(windows, 1),
             "decoder_vocab_share": len(set(top.tolist())) / teacher.M, "one_state_windows": share,
-            "free_top_share": float(free_counts.max()) / max(tokens, 1), "collapsed": share > ONE_STATE_LIMIT,
+            "dominant_state_share": dominant, "free_top_share": float(free_counts.max()) / max(tokens, 1),
+            "collapsed": share > ONE_STATE_LIMIT or dominant > DOMINANT_LIMIT,
             "tokens": tokens, "windows": windows}
 
 

@@ -130,3 +130,21 @@ def test_argmax_agreement_counts_tokens_with_the_same_top_entry():
     student = lambda x: torch.stack([teacher(x[i:i + 1], None)[0] + (x[i, 0] == 2) * torch.tensor(  # noqa: E731
         [[0.0, 0, 0, 0], [0, 0, 0, 5]]) for i in range(len(x))])
     assert argmax_agreement(student, teacher, DS(), batch_size=2) == pytest.approx(5 / 6)
+
+
+def test_alignment_rhythm_counts_the_periods_of_a_window_and_ranks_like_spearman():
+    """experiments.alignment_rhythm: a window of k sine periods (on every channel, different phases) has
+    k repetitions; the rank correlation is +1 / -1 for monotone relations, ties ranked by their mean."""
+    import numpy as np
+    from experiments.alignment_rhythm import rank_corr, repetitions
+    T = 512
+    tau = np.arange(T) / T
+    for k in (2, 5, 9):
+        x = np.stack([np.sin(2 * np.pi * k * tau + p) for p in (0.0, 1.0, 2.0)])
+        assert abs(repetitions(x) - k) < 0.1 * k
+    assert np.isnan(repetitions(np.stack([tau, tau ** 2])))                  # a ramp never repeats
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert rank_corr(a, a ** 3) == pytest.approx(1.0) and rank_corr(a, -a) == pytest.approx(-1.0)
+    b = np.array([1.0, 1.0, 2.0, 3.0, 3.0])                                  # ties: scipy.stats.spearmanr 0.9487
+    assert rank_corr(a, b) == pytest.approx(0.94868330, abs=1e-6)
+    assert np.isnan(rank_corr(a, np.ones(5)))

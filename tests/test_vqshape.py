@@ -438,8 +438,10 @@ def test_teach_sub_alignment_hands_on_the_posterior_given_the_class():
 
 def test_alignment_report_counts_windows_aligned_to_one_sub_action():
     """one_state_windows: the share of windows whose Viterbi path never changes state (3 of 4 here ->
-    collapsed); free_top_share: the share of tokens on the commonest label-free entry."""
-    from kd.recovery import ONE_STATE_LIMIT, alignment_report
+    collapsed); dominant_state_share: the mean share of a window's tokens on its commonest state (which
+    catches paths that change state only at a window's edge); free_top_share: the share of tokens on the
+    commonest label-free entry."""
+    from kd.recovery import DOMINANT_LIMIT, ONE_STATE_LIMIT, alignment_report
     torch.manual_seed(0)
     C = 2
     m = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
@@ -455,9 +457,15 @@ def test_alignment_report_counts_windows_aligned_to_one_sub_action():
     m.decode = lambda out, y: {**decode(out, y), "viterbi": path, "free": free}
     rep = alignment_report(m, data)
     assert rep["one_state_windows"] == 0.75 and rep["collapsed"] == (0.75 > ONE_STATE_LIMIT) is True
-    assert rep["free_top_share"] == 0.75
-    path[:2, N // 2:] = 1                                                       # windows 0 and 3 change: half
-    assert alignment_report(m, data)["collapsed"] is False
+    assert rep["dominant_state_share"] == (1 + 1 + 1 + 0.5) / 4 and rep["free_top_share"] == 0.75
+    path.zero_()
+    path[:, 0] = 1                                                              # every path leaves its state once
+    rep = alignment_report(m, data)
+    assert rep["one_state_windows"] == 0 and rep["dominant_state_share"] == (N - 1) / N > DOMINANT_LIMIT
+    assert rep["collapsed"] is True
+    path[:, N // 2:] = 3                                                        # half the window on another state
+    rep = alignment_report(m, data)
+    assert rep["dominant_state_share"] == 0.5 and rep["collapsed"] is False
 
 
 def test_mmvqshape_rejects_class_without_text():
