@@ -109,6 +109,9 @@ class VQShapeConfig:
     # the instance norm removes sensor orientation/intensity, which HAR needs.
     head_channel_stats: bool = True
     head_hidden: int = 128
+    # "flat": an MLP over every token's numbers at once (one weight per token slot); "conv": convolutions
+    # over each channel's tokens in time order, pooled over time (kd/vqshape.py TokenHead)
+    head_arch: str = "flat"
     ce_class_weighted: bool = False
     # Health options (teachers/health.py; experiments/teacher_health.md has the before/after figures).
     pos_init_std: float = 1.0         # patch positions ~ N(0, std^2); 1 = the official nn.Embedding init
@@ -429,6 +432,7 @@ VQSHAPE_CHOICES = {
     "codebook_init": ("uniform", "data"),
     "code_input": ("token", "subsequence"),
     "head_input": ("attributes", "tokens"),
+    "head_arch": ("flat", "conv"),
     "decoder_input": ("tokens", "spans", "span_overlap"),
     "span_init": ("none", "tiling"),
 }

@@ -374,22 +374,43 @@ class AttributeHeads(nn.Module):
 class TokenHead(nn.Module):
     """Classifier on a window's tokens of every channel (attribute tokens (z_q, mu, sigma, t, l), or
     tokenizer outputs projected per token by `token_proj`), optionally with each channel's
-    instance-norm statistics (mean, log std)."""
+    instance-norm statistics (mean, log std).
+
+    arch "flat": LayerNorm -> MLP over every token's numbers at once (one weight per slot and number).
+    arch "conv": the tokens as a sequence over time (each channel's tokens in span order, the channels'
+    numbers stacked): batch norm, two convolutions of width 3 and hidden/2 filters, mean and max over time,
+    then a linear layer -- the same filters at every position, as a CNN reads a signal."""
 
     def __init__(self, num_channels: int, num_token: int, token_dim: int, num_classes: int,
-                 hidden: int, channel_stats: bool, dropout: float, token_proj: Optional[int] = None):
+                 hidden: int, channel_stats: bool, dropout: float, token_proj: Optional[int] = None,
+                 arch: str = "flat"):
         super().__init__()
-        self.channel_stats = channel_stats
+        if arch not in ("flat", "conv"):
+            raise ValueError(f"head arch must be 'flat' or 'conv', got {arch!r}")
+        self.channel_stats, self.arch, self.num_channels = channel_stats, arch, num_channels
         self.token_proj = nn.Linear(token_proj, token_dim) if token_proj else None
-        dim_in = num_channels * num_token * token_dim + 2 * num_channels * channel_stats
-        self.net = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, hidden), nn.GELU(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        stats = 2 * num_channels * channel_stats
+        if arch == "conv":
+            width, seq = hidden // 2, num_channels * token_dim
+            self.conv = nn.Sequential(nn.BatchNorm1d(seq), nn.Conv1d(seq, width, 3, padding=1), nn.GELU(),
+                                      nn.Dropout(dropout), nn.Conv1d(width, width, 3, padding=1), nn.GELU())
+            self.net = nn.Sequential(nn.LayerNorm(2 * width + stats), nn.Linear(2 * width + stats, num_classes))
+        else:
+            dim_in = num_channels * num_token * token_dim + stats
+            self.net = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, hidden), nn.GELU(),
+                                     nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """tokens (B, C*N, k); mean, std (B, C) -> logits (B, n_cls)."""
+        """tokens (B, C*N, k), each channel's in time order for arch "conv"; mean, std (B, C) -> logits (B, n_cls)."""
         if self.token_proj is not None:
             tokens = self.token_proj(tokens)
-        feats = [tokens.flatten(1)]
+        if self.arch == "conv":
+            B, CN, k = tokens.shape
+            seq = tokens.view(B, self.num_channels, CN // self.num_channels, k).permute(0, 1, 3, 2).flatten(1, 2)
+            z = self.conv(seq)                                                  # (B, width, N)
+            feats = [z.mean(-1), z.amax(-1)]
+        else:
+            feats = [tokens.flatten(1)]
         if self.channel_stats:
             feats += [mean, std.log()]
         return self.net(torch.cat(feats, dim=-1))
@@ -439,7 +460,7 @@ class VQShape(nn.Module):
         by_tokens = cfg.head_input == "tokens"
         self.head = TokenHead(num_channels, cfg.num_token, cfg.head_token_dim if by_tokens else cfg.dim_code + 4,
                               num_classes, cfg.head_hidden, cfg.head_channel_stats, cfg.dropout,
-                              token_proj=d if by_tokens else None)
+                              token_proj=d if by_tokens else None, arch=cfg.head_arch)
         self.register_buffer("class_weight", torch.ones(num_classes))
 
     # -- stages --------------------------------------------------------------------------
@@ -485,6 +506,9 @@ class VQShape(nn.Module):
         out["shape_tokens"] = fold_tokens(out["h_hat"], B)                   # (B, C*N, d)
         head_in = out["h"] if self.cfg.head_input == "tokens" else attrs
         head_in = head_in.detach() if self.cfg.head_detach else head_in
+        if self.cfg.head_arch == "conv":   # each channel's tokens in the order of their span centres
+            order = (out["t"] + out["l"] / 2).squeeze(-1).detach().argsort(dim=1)           # (B*C, N)
+            head_in = head_in.gather(1, order[..., None].expand_as(head_in))
         out["logits"] = self.head(fold_tokens(head_in, B), mean.view(B, -1), std.view(B, -1))
         if reconstruct:
             out.update(self.reconstruct(out))

@@ -576,16 +576,54 @@ def test_losses_on_the_normalised_scale_and_the_normalised_shape_term():
         F.mse_loss(out["x_hat"], out["x"]).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("head_input", ["attributes", "tokens"])
-def test_detached_head_cross_entropy_trains_the_head_only(head_input):
+@pytest.mark.parametrize("head_input,head_arch", [("attributes", "flat"), ("tokens", "flat"), ("attributes", "conv")])
+def test_detached_head_cross_entropy_trains_the_head_only(head_input, head_arch):
     torch.manual_seed(0)
-    m = VQShape(tiny_cfg(head_detach=True, head_input=head_input), 2, 3)
+    m = VQShape(tiny_cfg(head_detach=True, head_input=head_input, head_arch=head_arch), 2, 3)
     assert (m.head.token_proj is not None) == (head_input == "tokens")
     out = m(torch.randn(4, 2, 512))
     m.losses(out, torch.tensor([0, 1, 2, 0]))["ce"].backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
     assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("head."))
     assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if not n.startswith("head."))
+
+
+def test_conv_head_reads_each_channel_in_span_order_and_the_same_filters_everywhere():
+    """head_arch=conv: the model hands the head each channel's tokens sorted by span centre; and the head
+    gives a pattern the same evidence wherever it sits: trained to find one marked token at the first
+    half's positions, it finds it in the second half, where a flat head, one weight per slot, is at chance."""
+    torch.manual_seed(0)
+    m = VQShape(tiny_cfg(head_arch="conv", dropout=0.0), 2, 3).eval()          # official spans: any order
+    seen = {}
+    m.head.register_forward_hook(lambda mod, args, res: seen.update(tokens=args[0]))
+    out = m(torch.randn(3, 2, 512), reconstruct=False)
+    N = m.cfg.num_token
+    centre = (out["t"] + out["l"] / 2).squeeze(-1)                                    # (B*C, N)
+    assert not (centre.argsort(1) == torch.arange(N)).all()                           # slots are not in order
+    assert (seen["tokens"].view(6, N, -1)[:, :, -2] == out["t"].squeeze(-1).gather(1, centre.argsort(1))).all()
+    from kd.vqshape import TokenHead
+    N, k = 16, 4
+    def windows(n, lo, hi, g):
+        tok = torch.randn(n, N, k, generator=g) * 0.1
+        y = torch.randint(2, (n,), generator=g)
+        pos = torch.randint(lo, hi, (n,), generator=g)
+        tok[torch.arange(n), pos, 0] += 3.0 * y                                       # class 1: one marked token
+        return tok, y
+    g = torch.Generator().manual_seed(0)
+    (xtr, ytr), (xte, yte) = windows(256, 0, N // 2, g), windows(256, N // 2, N, g)
+    acc = {}
+    for arch in ("flat", "conv"):
+        torch.manual_seed(0)
+        head = TokenHead(1, N, k, 2, hidden=32, channel_stats=False, dropout=0.0, arch=arch)
+        opt = torch.optim.Adam(head.parameters(), 1e-2)
+        z = torch.zeros(len(ytr), 1)
+        for _ in range(150):
+            opt.zero_grad()
+            F.cross_entropy(head(xtr, z, z + 1), ytr).backward()
+            opt.step()
+        head.eval()
+        acc[arch] = (head(xte, z, z + 1).argmax(1) == yte).float().mean().item()
+    assert acc["conv"] > 0.95 and acc["flat"] < 0.7, acc
 
 
 def test_decoder_class_token_is_read_and_dropped():
