@@ -14,6 +14,16 @@ def test_every_config_file_loads_against_the_schema(path):
     assert cfg.run_dir.startswith("runs/")
 
 
+
+@pytest.mark.parametrize("name", ["signal_teacher_wrn16_1.yaml", "text_teacher_vqshape_student.yaml"])
+def test_pairings_that_say_they_use_the_default_teacher_recipe_do(name):
+    """An ablation is only an ablation of the default if its teacher is the default's: both pairings state
+    "the default teacher recipe" (they had drifted from it by four options before this test)."""
+    from omegaconf import OmegaConf
+    default = OmegaConf.to_container(load_config("configs/default.yaml").teacher.vqshape)
+    assert OmegaConf.to_container(load_config(f"configs/{name}").teacher.vqshape) == default
+    assert load_config(f"configs/{name}").train.teacher_ssl_epochs == load_config("configs/default.yaml").train.teacher_ssl_epochs
+
 def test_overrides_and_required_keys():
     cfg = load_config(overrides=["train.epochs=3", "train.max_steps=7", "stage=teacher", "seed=5",
                                  "data.name=synthetic", "teacher.text_guidance=false", "run_dir=/tmp/x"])
