@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from experiments.run_reports import main_over_runs
 from kd.evaluate import load_run_teacher
 from kd.metrics import confusion_matrix, macro_f1
-from kd.vqshape import TokenHead
+from kd.vqshape import TokenHead, in_span_order
 
 EPOCHS, BATCH, LR, SEEDS = 30, 32, 1e-3, (0, 1)
 
@@ -34,8 +34,7 @@ def tokens_of(teacher, dataset) -> Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     for batch in DataLoader(dataset, batch_size=64):
         out = teacher(batch["x"], keys="vocab", reconstruct=False)
         B = len(batch["y"])
-        order = (out["t"] + out["l"] / 2).squeeze(-1).argsort(dim=1)
-        tok = out["tokens"].gather(1, order[..., None].expand_as(out["tokens"]))
+        tok = in_span_order(out["tokens"], out["t"], out["l"])
         parts.append((tok.reshape(B, -1, tok.shape[-1]), out["mean"].view(B, -1), out["std"].view(B, -1), batch["y"]))
     return tuple(torch.cat(p) for p in zip(*parts))
 

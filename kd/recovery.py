@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 
@@ -132,7 +133,7 @@ def alignment_report(teacher, dataset, batch_size: int = 64) -> Dict:
         windows += len(y)
         path = dec["viterbi"].reshape(len(y), -1)                                     # (B, C*N) states
         one_state += int((path == path[:, :1]).all(dim=1).sum())
-        dominant += float((path[:, :, None] == path[:, None, :]).float().mean(1).max(1).values.sum())
+        dominant += float(F.one_hot(path, teacher.M).sum(1).amax(1).sum()) / path.shape[1]
         free_counts += torch.bincount(dec["free"].flatten().cpu(), minlength=teacher.M)
         used.update(out["code_idx"].flatten().tolist())
     top = teacher.action_decoder(teacher.codebook.weight[sorted(used)]).argmax(-1)

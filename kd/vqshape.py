@@ -109,6 +109,12 @@ def sigmoid_spans(logits: torch.Tensor, min_len: float):
     return t, tl[..., 1:] * (1 - t) + min_len
 
 
+def in_span_order(x: torch.Tensor, t: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """Per-token features x (B', N, k) reordered along N by span centre t + l/2 (t, l (B', N, 1))."""
+    order = (t + l / 2).squeeze(-1).detach().argsort(dim=1)                            # (B', N)
+    return x.gather(1, order[..., None].expand_as(x))
+
+
 def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
     """(B*C, N, k) -> (B, C*N, k): one window's tokens, channel-major."""
     return t.reshape(batch, -1, t.shape[-1])
@@ -507,8 +513,7 @@ class VQShape(nn.Module):
         head_in = out["h"] if self.cfg.head_input == "tokens" else attrs
         head_in = head_in.detach() if self.cfg.head_detach else head_in
         if self.cfg.head_arch == "conv":   # each channel's tokens in the order of their span centres
-            order = (out["t"] + out["l"] / 2).squeeze(-1).detach().argsort(dim=1)           # (B*C, N)
-            head_in = head_in.gather(1, order[..., None].expand_as(head_in))
+            head_in = in_span_order(head_in, out["t"], out["l"])
         out["logits"] = self.head(fold_tokens(head_in, B), mean.view(B, -1), std.view(B, -1))
         if reconstruct:
             out.update(self.reconstruct(out))
