@@ -30,7 +30,6 @@ OURS = {  # name: VQShapeConfig overrides (self-supervised terms only)
     "ours-before": dict(pos_init_std=0.02, decoder_cls_token=False, loss_scale="input"),
     "ours-after": dict(),
     "ours-after+shape": dict(lambda_shape_norm=1.0),
-    "ours-after+shape+data": dict(lambda_shape_norm=1.0, codebook_init="data", dead_code_threshold=0.1),
 }
 
 

@@ -112,7 +112,6 @@ class VQShapeConfig:
     # "flat": an MLP over every token's numbers at once (one weight per token slot); "conv": convolutions
     # over each channel's tokens in time order, pooled over time (kd/vqshape.py TokenHead)
     head_arch: str = "flat"
-    ce_class_weighted: bool = False
     # Health options (teachers/health.py; experiments/teacher_health.md has the before/after figures).
     pos_init_std: float = 1.0         # patch positions ~ N(0, std^2); 1 = the official nn.Embedding init
     decoder_cls_token: bool = True    # the official patch decoder prepends a learned class token
@@ -126,17 +125,6 @@ class VQShapeConfig:
     # The classification head reads detached attribute tokens: cross-entropy trains the head only and
     # cannot drag spans and shapes onto one discriminative spot.
     head_detach: bool = False
-    # What the classification head reads per token: "attributes" (z_q, mu, sigma, t, l: dc + 4 numbers)
-    # or "tokens" (the tokenizer output h, projected per token to head_token_dim numbers). With
-    # head_detach, either way the cross-entropy trains the head only.
-    head_input: str = "attributes"
-    head_token_dim: int = 16
-    # "data": codes start at encoder outputs of the first batch (the official uniform(+-1/K) init puts
-    # them all near the origin, where they decode to one shape); "uniform": the official init.
-    codebook_init: str = "uniform"
-    # > 0: a code whose usage (EMA of the tokens it quantises per step) falls below this is moved onto
-    # a random encoder output (dead-code replacement); 0 = off (the official recipe).
-    dead_code_threshold: float = 0.0
     # What the shape code z_e is computed from. "token": the z head on the token h (the official
     # model). "subsequence": a small encoder on the token's own subsequence x_n[t, t+l], resampled to
     # len_s and z-normalised, with t and l detached (spans still learn from L_x and L_div only, as in
@@ -161,7 +149,6 @@ class FusionConfig:
     """Text guidance (MMVQShape): signal-text cross-attention, action decoder and codebook."""
     heads: int = 4
     vocab_prob: float = 0.5         # fraction of training samples whose keys are the whole vocabulary
-    vocab_mix: str = "sample"       # "sample": per-sample draw; "batch": one draw per batch (design's wording)
     teach_keys: str = "class"       # keys when teaching a student: "class" (privileged class text) | "vocab"
     # What an aligned teacher hands a student as each token's sub-action (Outputs.sub_logits): "scores", its
     # label-free scores; "alignment", its E-step posterior given the window's class (privileged, like the
@@ -293,13 +280,19 @@ class SubKLConfig(LossConfig):
 # Parameters every KD loss section carried before each loss held only its own; they had no effect on
 # the losses that do not read them, so a saved config's copies are dropped when it is read back.
 RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
-# Model options retired after they were measured not to help (experiments/teacher_health.md section 6 for the
-# span options, experiments/subactions.md section 4 for sub_detach), with the value that meant "off". Commit
-# RETIRED_AT has them. A saved config holding one at that value is read without it (it built the same model);
-# any other value names a model this version cannot build.
-RETIRED_AT = "b7a39b8"
-RETIRED_OPTIONS = {"vqshape.span_layout": "free", "vqshape.span_grad": False, "vqshape.span_input": "token",
-                   "vqshape.lambda_render": 0.0, "fusion.sub_detach": False}
+# Model options retired, with the value that meant "off" and the last commit that has them. Measured not to
+# help: the span options (experiments/teacher_health.md section 6), sub_detach (experiments/subactions.md
+# section 4), head_input and head_token_dim (experiments/RESULTS.md section 0c). Never measured to help, so
+# never a default: codebook_init, dead_code_threshold, ce_class_weighted, vocab_mix. A saved config holding
+# one at its "off" value is read without it (it built the same model); any other value names a model this
+# version cannot build.
+RETIRED_OPTIONS = {
+    "vqshape.span_layout": ("free", "b7a39b8"), "vqshape.span_grad": (False, "b7a39b8"),
+    "vqshape.span_input": ("token", "b7a39b8"), "vqshape.lambda_render": (0.0, "b7a39b8"),
+    "fusion.sub_detach": (False, "b7a39b8"), "vqshape.head_input": ("attributes", "ceee45e"),
+    "vqshape.head_token_dim": (16, "ceee45e"), "vqshape.codebook_init": ("uniform", "ceee45e"),
+    "vqshape.dead_code_threshold": (0.0, "ceee45e"), "vqshape.ce_class_weighted": (False, "ceee45e"),
+    "fusion.vocab_mix": ("sample", "ceee45e")}
 ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
 
 
@@ -413,7 +406,6 @@ CHOICES = {
     "stage": ("teacher", "student", "all"),
     "data.name": ("watch", "npz", "synthetic"),
     "data.npz.layout": ("NTC", "NCT"),
-    "teacher.fusion.vocab_mix": ("sample", "batch"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.teach_sub": ("scores", "alignment"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
@@ -429,9 +421,7 @@ CHOICES = {
 # VQShape options, the same for the teacher's and the student's VQShape
 VQSHAPE_CHOICES = {
     "loss_scale": ("normalized", "input"),
-    "codebook_init": ("uniform", "data"),
     "code_input": ("token", "subsequence"),
-    "head_input": ("attributes", "tokens"),
     "head_arch": ("flat", "conv"),
     "decoder_input": ("tokens", "spans", "span_overlap"),
     "span_init": ("none", "tiling"),
@@ -463,8 +453,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
         if key.split(".", 1)[-1] in RETIRED_OPTIONS:
-            raise ConfigError(f"{key} was retired (measured not to help; see the comment on RETIRED_OPTIONS in "
-                              f"kd/config.py): remove it, or run commit {RETIRED_AT}, which has it") from None
+            raise ConfigError(f"{key} was retired (see the comment on RETIRED_OPTIONS in kd/config.py): remove "
+                              f"it, or run commit {RETIRED_OPTIONS[key.split('.', 1)[-1]][1]}, which has it") from None
         raise ConfigError(f"unknown config key {key!r} (check the spelling against kd/config.py)") from None
     except ValidationError as err:
         key = getattr(err, "full_key", None)
@@ -637,12 +627,12 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
                 if not hasattr(getattr(schema, name), key):
                     section.pop(key, None)
     for side in ("teacher", "student"):
-        for dotted, off in RETIRED_OPTIONS.items():
+        for dotted, (off, commit) in RETIRED_OPTIONS.items():
             part, key = dotted.split(".")
             section = (d.get(side) or {}).get(part) or {}
             if key in section and section.pop(key) != off:
                 raise ConfigError(f"this run was made with {side}.{dotted}, an option retired since (see "
-                                  f"RETIRED_OPTIONS in kd/config.py): rebuild or load it with commit {RETIRED_AT}")
+                                  f"RETIRED_OPTIONS in kd/config.py): rebuild or load it with commit {commit}")
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
     validate_config(cfg)
     return cfg

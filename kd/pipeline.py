@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
@@ -162,8 +161,6 @@ def train_teacher(cfg, splits, text, bank, run_dir: Path) -> Tuple[nn.Module, Di
     accel = make_accelerator(cfg)
     set_seed(cfg.seed)
     teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), text)
-    if hasattr(teacher, "set_class_weights"):
-        teacher.set_class_weights(torch.as_tensor(np.bincount(splits.train.labels, minlength=len(splits.class_names))))
     summary = {}
     if cfg.train.teacher_ssl_epochs > 0:  # its own stage: own schedule, state dir and TensorBoard run
         # no labels in this stage, so nothing for validation to select: its last epoch goes on

@@ -122,30 +122,19 @@ def fold_tokens(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- codebook
 class ShapeCodebook(nn.Module):
-    """Euclidean VQ with straight-through gradients, commitment and entropy terms.
+    """Euclidean VQ with straight-through gradients, commitment and entropy terms; codes start
+    uniform(+-1/K) as in the official code.
 
     L_vq = mean((sg[z_q] - z_e)^2) + beta * mean((z_q - sg[z_e])^2)
            + lambda_H * (mean_tok H(p) - gamma * H(mean_tok p)),  p = softmin(||z_e - e_k||^2 / temp)
-
-    init="data": the codes are set to distinct encoder outputs of the first training batch instead of
-    the official uniform(+-1/K), which puts every code within ~1/K of the origin where the shape
-    decoder maps them all to one shape. dead_code_threshold > 0: a code whose usage (EMA over steps
-    of the tokens it quantises, decay `dead_code_decay`) falls below the threshold is moved onto a
-    random encoder output of the batch (as vector-quantize-pytorch's threshold_ema_dead_code).
     """
 
     def __init__(self, num_code: int, dim_code: int, beta: float, lambda_entropy: float,
-                 entropy_gamma: float, entropy_temp: float, init: str = "uniform",
-                 dead_code_threshold: float = 0.0, dead_code_decay: float = 0.99):
+                 entropy_gamma: float, entropy_temp: float):
         super().__init__()
-        if init not in ("uniform", "data"):
-            raise ValueError(f"codebook init must be 'uniform' or 'data', got {init!r}")
         self.beta, self.lambda_entropy = beta, lambda_entropy
         self.gamma, self.temp = entropy_gamma, entropy_temp
-        self.init, self.dead_code_threshold, self.dead_code_decay = init, dead_code_threshold, dead_code_decay
         self.weight = nn.Parameter(torch.empty(num_code, dim_code).uniform_(-1 / num_code, 1 / num_code))
-        self.register_buffer("initted", torch.tensor(init == "uniform"))
-        self.register_buffer("usage", torch.full((num_code,), -1.0))  # -1: no training step seen yet
 
     @property
     def num_code(self) -> int:
@@ -156,29 +145,8 @@ class ShapeCodebook(nn.Module):
         z, e = z.float(), self.weight.float()
         return z.pow(2).sum(-1, keepdim=True) + e.pow(2).sum(-1) - 2 * z @ e.t()
 
-    @torch.no_grad()
-    def init_from_(self, z: torch.Tensor) -> None:
-        """Codes <- distinct rows of z (n, dc), drawn at random (with a little noise when n < K)."""
-        self.weight.copy_(sample_rows(z, self.num_code))
-        self.initted.fill_(True)
-        sync_from_main_(self.weight)
-
-    @torch.no_grad()
-    def replace_dead_(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        counts = torch.bincount(idx, minlength=self.num_code).to(self.usage.dtype)
-        seen = self.usage >= 0
-        self.usage.copy_(torch.where(seen, self.dead_code_decay * self.usage + (1 - self.dead_code_decay) * counts,
-                                     counts.clamp(min=1.0)))
-        dead = self.usage < self.dead_code_threshold
-        if dead.any():
-            self.weight[dead] = sample_rows(z, int(dead.sum())).to(self.weight.dtype)
-            self.usage[dead] = 1.0
-            sync_from_main_(self.weight, self.usage)
-
     def forward(self, z_e: torch.Tensor):
         """z_e (n, dc) -> z_q (straight-through), idx (n,), loss, distances (n, K)."""
-        if self.training and self.init == "data" and not bool(self.initted):  # reads the flag only when needed
-            self.init_from_(z_e.detach().float())
         d = self.distances(z_e)
         idx = d.argmin(dim=-1)
         e = self.weight[idx]
@@ -187,25 +155,7 @@ class ShapeCodebook(nn.Module):
             p = F.softmin(d / self.temp, dim=-1)
             loss = loss + self.lambda_entropy * (entropy(p).mean() - self.gamma * entropy(p.mean(0)))
         z_q = z_e + (e - z_e).detach()
-        if self.training and self.dead_code_threshold > 0:
-            self.replace_dead_(z_e.detach().float(), idx)
         return z_q, idx, loss, d
-
-
-def sample_rows(z: torch.Tensor, k: int) -> torch.Tensor:
-    """k rows of z (n, d) drawn without replacement; with replacement plus 1 % noise when n < k."""
-    if len(z) >= k:
-        return z[torch.randperm(len(z), device=z.device)[:k]]
-    rows = z[torch.randint(len(z), (k,), device=z.device)]
-    return rows + 0.01 * rows.std() * torch.randn_like(rows)
-
-
-def sync_from_main_(*tensors: torch.Tensor) -> None:
-    """Copy rank 0's values to every process, so data-driven codebook updates stay identical."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.broadcast(t.data, src=0)
 
 
 # ----------------------------------------------------------------------------- shape decoder
@@ -378,9 +328,8 @@ class AttributeHeads(nn.Module):
 
 
 class TokenHead(nn.Module):
-    """Classifier on a window's tokens of every channel (attribute tokens (z_q, mu, sigma, t, l), or
-    tokenizer outputs projected per token by `token_proj`), optionally with each channel's
-    instance-norm statistics (mean, log std).
+    """Classifier on a window's attribute tokens (z_q, mu, sigma, t, l) of every channel, optionally with
+    each channel's instance-norm statistics (mean, log std).
 
     arch "flat": LayerNorm -> MLP over every token's numbers at once (one weight per slot and number).
     arch "conv": the tokens as a sequence over time (each channel's tokens in span order, the channels'
@@ -388,13 +337,11 @@ class TokenHead(nn.Module):
     then a linear layer -- the same filters at every position, as a CNN reads a signal."""
 
     def __init__(self, num_channels: int, num_token: int, token_dim: int, num_classes: int,
-                 hidden: int, channel_stats: bool, dropout: float, token_proj: Optional[int] = None,
-                 arch: str = "flat"):
+                 hidden: int, channel_stats: bool, dropout: float, arch: str = "flat"):
         super().__init__()
         if arch not in ("flat", "conv"):
             raise ValueError(f"head arch must be 'flat' or 'conv', got {arch!r}")
         self.channel_stats, self.arch, self.num_channels = channel_stats, arch, num_channels
-        self.token_proj = nn.Linear(token_proj, token_dim) if token_proj else None
         stats = 2 * num_channels * channel_stats
         if arch == "conv":
             width, seq = hidden // 2, num_channels * token_dim
@@ -408,8 +355,6 @@ class TokenHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """tokens (B, C*N, k), each channel's in time order for arch "conv"; mean, std (B, C) -> logits (B, n_cls)."""
-        if self.token_proj is not None:
-            tokens = self.token_proj(tokens)
         if self.arch == "conv":
             B, CN, k = tokens.shape
             seq = tokens.view(B, self.num_channels, CN // self.num_channels, k).permute(0, 1, 3, 2).flatten(1, 2)
@@ -450,7 +395,7 @@ class VQShape(nn.Module):
         offsets = tiling_logits(cfg.num_token, self.min_len) if cfg.span_init == "tiling" else None
         self.attr = AttributeHeads(d, cfg.dim_code, self.min_len, cfg.code_input, cfg.len_s, offsets)
         self.codebook = ShapeCodebook(cfg.num_code, cfg.dim_code, cfg.beta, cfg.lambda_entropy,
-                                      cfg.entropy_gamma, cfg.entropy_temp, cfg.codebook_init, cfg.dead_code_threshold)
+                                      cfg.entropy_gamma, cfg.entropy_temp)
         self.shape_decoder = ShapeDecoder(cfg.dim_code, cfg.len_s, dedup=cfg.dedup_shape_decoder)
         self.attr_encoder = nn.Linear(cfg.dim_code + 4, d)
         self.patch_decoder = Encoder(d, cfg.dec_heads, cfg.dec_layers, cfg.dropout)
@@ -461,13 +406,8 @@ class VQShape(nn.Module):
             if cfg.decoder_input != "tokens" else None
         self.route = {"spans": span_weights, "span_overlap": span_overlap_weights}.get(cfg.decoder_input)
         self.patch_out = nn.Linear(d, cfg.len_input // cfg.num_token)
-        if cfg.head_input not in ("attributes", "tokens"):
-            raise ValueError(f"head_input must be 'attributes' or 'tokens', got {cfg.head_input!r}")
-        by_tokens = cfg.head_input == "tokens"
-        self.head = TokenHead(num_channels, cfg.num_token, cfg.head_token_dim if by_tokens else cfg.dim_code + 4,
-                              num_classes, cfg.head_hidden, cfg.head_channel_stats, cfg.dropout,
-                              token_proj=d if by_tokens else None, arch=cfg.head_arch)
-        self.register_buffer("class_weight", torch.ones(num_classes))
+        self.head = TokenHead(num_channels, cfg.num_token, cfg.dim_code + 4, num_classes, cfg.head_hidden,
+                              cfg.head_channel_stats, cfg.dropout, arch=cfg.head_arch)
 
     # -- stages --------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:
@@ -510,8 +450,7 @@ class VQShape(nn.Module):
         out["tokens"] = attrs
         out["h_hat"] = self.attr_encoder(attrs)                              # (B*C, N, d)
         out["shape_tokens"] = fold_tokens(out["h_hat"], B)                   # (B, C*N, d)
-        head_in = out["h"] if self.cfg.head_input == "tokens" else attrs
-        head_in = head_in.detach() if self.cfg.head_detach else head_in
+        head_in = attrs.detach() if self.cfg.head_detach else attrs
         if self.cfg.head_arch == "conv":   # each channel's tokens in the order of their span centres
             head_in = in_span_order(head_in, out["t"], out["l"])
         out["logits"] = self.head(fold_tokens(head_in, B), mean.view(B, -1), std.view(B, -1))
@@ -575,14 +514,8 @@ class VQShape(nn.Module):
         if c.lambda_div > 0:
             terms["div"] = c.lambda_div * disentangle_loss(out["t"], out["l"], c.div_threshold, self.min_len)
         if supervised and c.lambda_ce > 0:
-            weight = self.class_weight if c.ce_class_weighted else None
-            terms["ce"] = c.lambda_ce * F.cross_entropy(out["logits"], y, weight=weight)
+            terms["ce"] = c.lambda_ce * F.cross_entropy(out["logits"], y)
         return terms
-
-    def set_class_weights(self, counts: torch.Tensor) -> None:
-        """Inverse-frequency weights (mean 1) for the optional weighted cross-entropy."""
-        w = counts.sum() / (len(counts) * counts.clamp(min=1).float())
-        self.class_weight.copy_(w)
 
     def frozen_parts(self) -> Dict[str, nn.Module]:
         """The parts frozen after teacher training and handed to students."""

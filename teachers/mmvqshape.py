@@ -160,8 +160,7 @@ class MMVQShape(VQShape):
             return self.class_index[y], self.class_mask[y], torch.ones(batch, dtype=torch.bool, device=dev)
         if keys != "mix":
             raise ValueError(f"keys must be 'class', 'vocab' or 'mix', got {keys!r}")
-        n = batch if self.fusion.vocab_mix == "sample" else 1
-        class_mode = (torch.rand(n, device=dev) >= self.fusion.vocab_prob).expand(batch)
+        class_mode = torch.rand(batch, device=dev) >= self.fusion.vocab_prob
         Kp = max(K, M)
         cls_idx = F.pad(self.class_index[y], (0, Kp - K))                  # (B, Kp)
         cls_mask = F.pad(self.class_mask[y], (0, Kp - K))

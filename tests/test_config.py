@@ -49,6 +49,7 @@ def test_overrides_and_required_keys():
     ("teacher.vqshape.span_layout=partition", "teacher.vqshape.span_layout was retired.*run commit b7a39b8"),
     ("student.vqshape.lambda_render=1", "student.vqshape.lambda_render was retired"),
     ("teacher.fusion.sub_detach=true", "teacher.fusion.sub_detach was retired"),
+    ("teacher.vqshape.codebook_init=data", "teacher.vqshape.codebook_init was retired.*run commit ceee45e"),
     ("teacher.fusion.align_scores_from_step=100", "align_scores_from_step=100 switches the E-step.*align_emission=codes"),
     ("teacher.fusion.sub_context=-1", r"teacher.fusion.sub_context=-1 must be >= 0"),
     ("teacher.fusion.teach_sub=alignment", "teach_sub=alignment hands on.*action_target ordered or set"),
@@ -122,13 +123,17 @@ def test_a_config_saved_before_options_were_retired_reads_back_when_they_were_of
     cfg = load_config("configs/default.yaml")
     old = OmegaConf.to_container(cfg, resolve=True)
     for side in ("teacher", "student"):
-        for dotted, off in RETIRED_OPTIONS.items():
+        for dotted, (off, _) in RETIRED_OPTIONS.items():
             part, key = dotted.split(".")
             if part in old[side]:                                        # the student has no fusion section
                 old[side][part][key] = off
     assert comparable(config_from_dict(old)) == comparable(cfg)
     old["teacher"]["vqshape"]["span_layout"] = "partition"
     with pytest.raises(ConfigError, match="teacher.vqshape.span_layout, an option retired.*commit b7a39b8"):
+        config_from_dict(old)
+    old["teacher"]["vqshape"]["span_layout"] = "free"
+    old["teacher"]["vqshape"]["dead_code_threshold"] = 0.1
+    with pytest.raises(ConfigError, match="teacher.vqshape.dead_code_threshold, an option retired.*commit ceee45e"):
         config_from_dict(old)
 
 
