@@ -150,10 +150,6 @@ class FusionConfig:
     heads: int = 4
     vocab_prob: float = 0.5         # fraction of training samples whose keys are the whole vocabulary
     teach_keys: str = "class"       # keys when teaching a student: "class" (privileged class text) | "vocab"
-    # What an aligned teacher hands a student as each token's sub-action (Outputs.sub_logits): "scores", its
-    # label-free scores; "alignment", its E-step posterior given the window's class (privileged, like the
-    # class text: the student's head still reads the signal only)
-    teach_sub: str = "scores"
     action_hidden: int = 64
     con_temperature: float = 0.1
     lambda_act: float = 1.0
@@ -281,8 +277,8 @@ class SubKLConfig(LossConfig):
 # the losses that do not read them, so a saved config's copies are dropped when it is read back.
 RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
 # Model options retired, with the value that meant "off" and the last commit that has them. Measured not to
-# help: the span options (experiments/teacher_health.md section 6), sub_detach (experiments/subactions.md
-# section 4), head_input and head_token_dim (experiments/RESULTS.md section 0c). Never measured to help, so
+# help: the span options (experiments/teacher_health.md section 6), sub_detach and teach_sub
+# (experiments/subactions.md sections 4 and 8), head_input and head_token_dim (experiments/RESULTS.md section 0c). Never measured to help, so
 # never a default: codebook_init, dead_code_threshold, ce_class_weighted, vocab_mix. A saved config holding
 # one at its "off" value is read without it (it built the same model); any other value names a model this
 # version cannot build.
@@ -292,7 +288,7 @@ RETIRED_OPTIONS = {
     "fusion.sub_detach": (False, "b7a39b8"), "vqshape.head_input": ("attributes", "ceee45e"),
     "vqshape.head_token_dim": (16, "ceee45e"), "vqshape.codebook_init": ("uniform", "ceee45e"),
     "vqshape.dead_code_threshold": (0.0, "ceee45e"), "vqshape.ce_class_weighted": (False, "ceee45e"),
-    "fusion.vocab_mix": ("sample", "ceee45e")}
+    "fusion.vocab_mix": ("sample", "ceee45e"), "fusion.teach_sub": ("scores", "ceee45e")}
 ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
 
 
@@ -407,7 +403,6 @@ CHOICES = {
     "data.name": ("watch", "npz", "synthetic"),
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
-    "teacher.fusion.teach_sub": ("scores", "alignment"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
     "teacher.fusion.align_emission": ("scaled", "posterior", "codes"),
     "teacher.fusion.sub_input": ("token", "code", "window"),
@@ -532,9 +527,6 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError("train.mixup > 0 with a teacher that teaches with the class text of one label "
                               "(teacher.fusion.teach_keys=class), which a mixed window does not have: set "
                               "teacher.fusion.teach_keys=vocab (no label) or train.mixup=0")
-        if cfg.train.mixup > 0 and cfg.teacher.fusion.teach_sub == "alignment":
-            raise ConfigError("train.mixup > 0 with teacher.fusion.teach_sub=alignment, which aligns each window "
-                              "to the sub-actions of its one label: set teach_sub=scores or train.mixup=0")
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
@@ -547,11 +539,6 @@ def validate_config(cfg: DictConfig) -> None:
                           ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)")):
         if not ok:
             raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
-    if f.teach_sub == "alignment" and (cfg.teacher.arch != "vqshape" or not cfg.teacher.text_guidance
-                                       or f.action_target == "attention"):
-        raise ConfigError("teacher.fusion.teach_sub=alignment hands on the teacher's alignment posterior: it "
-                          "needs a text-guided VQShape teacher (teacher.arch=vqshape, teacher.text_guidance=true) "
-                          f"with teacher.fusion.action_target ordered or set (got {f.action_target!r})")
     if f.align_scores_from_step is not None and (f.align_emission != "codes" or f.align_scores_from_step < 0):
         raise ConfigError(f"teacher.fusion.align_scores_from_step={f.align_scores_from_step} switches the E-step "
                           f"from the code table to the scores: it needs teacher.fusion.align_emission=codes "
@@ -641,7 +628,7 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
 # How a trained text-guided teacher teaches (which keys, which sub-action targets), relative to the teacher
 # section: the pairing's choice, not part of what was trained. A checkpoint is taught from with the
 # pairing's values (kd.pipeline.load_teacher) and a study shares one teacher across them (kd.cv.teacher_key).
-TEACHING_KEYS = ("fusion.teach_keys", "fusion.teach_sub")
+TEACHING_KEYS = ("fusion.teach_keys",)
 
 # Keys that may change between runs into one run_dir (what to do, not what is computed);
 # train.num_threads changes speed only.

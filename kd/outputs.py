@@ -27,9 +27,8 @@ class Outputs:
     code_dist: Optional[Tensor] = None             # (B, G, K) squared distances of z_e to the frozen shape codebook
     code_idx: Optional[Tensor] = None              # (B, G) each token's shape code
     action_logits: Optional[Tensor] = None         # (B, G, M) the frozen action decoder's scores of each token's code
-    # (B, G, M) sub-action scores of each token over the whole vocabulary: an ordered-alignment teacher's
-    # label-free scores, or with fusion.teach_sub=alignment the log of its alignment posterior given the
-    # class (privileged, METHOD.md §4); a CNN student's sub-action head on its adapter tokens (label-free)
+    # (B, G, M) label-free sub-action scores of each token over the whole vocabulary: an ordered-alignment
+    # teacher's, or a CNN student's sub-action head on its adapter tokens
     sub_logits: Optional[Tensor] = None
     shape_tokens: Optional[Tensor] = None          # (B, G, d) re-encoded shape tokens (a knowledge source)
     action_tokens: Optional[Tensor] = None         # (B, K_pad, d) quantised text-query tokens, zeros at padding (a source)

@@ -180,19 +180,8 @@ class MMVQShape(VQShape):
         t.action_logits = fold_tokens(out["action_logits"], x.shape[0])
         t.action_tokens = out["action_tokens"]                              # (B, Kp, d), zeros at padding
         if self.aligned:
-            t.sub_logits = fold_tokens(self.taught_subactions(out, y), x.shape[0])
+            t.sub_logits = fold_tokens(out["sub_scores"], x.shape[0])
         return t
-
-    def taught_subactions(self, out: Dict[str, torch.Tensor], y: Optional[torch.Tensor]) -> torch.Tensor:
-        """(B*C, N, M) what each token's sub-action is taught as (fusion.teach_sub): the label-free scores, or
-        the log of the E-step's posterior given the class y (ordered or set, as in training; privileged)."""
-        if self.fusion.teach_sub == "scores":
-            return out["sub_scores"]
-        if y is None:
-            raise ValueError("fusion.teach_sub='alignment' aligns each window to its class's sub-actions: "
-                             "teach needs the labels y")
-        p = self.alignment_targets(out, y, ordered=self.fusion.action_target == "ordered")
-        return p.clamp(min=1e-6).log()
 
     def fuse(self, h: torch.Tensor, batch: int, y: Optional[torch.Tensor], keys: str) -> Dict[str, torch.Tensor]:
         C, M = self.num_channels, self.M
