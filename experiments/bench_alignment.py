@@ -21,13 +21,11 @@ from kd.config import FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape
 
 # name -> FusionConfig settings (the target under study in configs/synthetic_subactions.yaml last: emissions
-# from the code table with window scores over +-2 bins, and the same after the switch to the scores)
+# from the code table with scores over +-2 bins, and the same after the switch to the scores)
 VARIANTS = {"attention": dict(action_target="attention"),
-            "set": dict(action_target="set"),
-            "ordered": dict(action_target="ordered"),
-            "codes_window2": dict(action_target="ordered", align_emission="codes", sub_input="window", sub_context=2),
-            "realigned": dict(action_target="ordered", align_emission="codes", sub_input="window", sub_context=2,
-                              align_scores_from_step=0)}
+            "set": dict(action_target="set", sub_context=2),
+            "ordered": dict(action_target="ordered", sub_context=2),
+            "realigned": dict(action_target="ordered", sub_context=2, align_scores_from_step=0)}
 
 
 def build(variant: str, seed: int = 0) -> MMVQShape:

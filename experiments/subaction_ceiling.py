@@ -9,7 +9,7 @@ span, kd.recovery.span_majority) it reports, on the test windows:
   over the codes of all channels at one time position; an MLP on the continuous attributes
   (z_e, mu, sigma) of one channel, of all channels at one time position, and of all channels at
   1, 2, 4 positions either side; three residual convolutions over the positions (6 either side);
-* weak supervision on the codes (batch EM from the class only, as `fusion.align_emission=codes` does
+* weak supervision on the codes (batch EM from the class only, as the teacher's E-step does
   online): the code table learned by the set-only or the ordered E-step, read label-free (argmax of
   p(codes | sub-action) p(sub-action), no class given) and as the Viterbi path given the class;
 * realignment from the class only (what `fusion.align_scores_from_step` does online): from the ordered
@@ -132,7 +132,7 @@ def sequence_probe(tr, te, layers: int, epochs: int = 300, seed: int = 0) -> flo
 
 
 def weak_em(tr, te, teacher, vmap, ordered: bool, p_stay: float, iters: int = 40) -> Dict[str, float]:
-    """Batch EM of the per-channel code table from the class only (what align_emission=codes does online)."""
+    """Batch EM of the per-channel code table from the class only (what the teacher's E-step does online)."""
     C, N, M = tr["codes"].shape[1], tr["codes"].shape[2], teacher.M
     table = CodeEmissions(C, M, teacher.cfg.num_code, decay=0.0, smoothing=0.1)
     bins = torch.arange(N).repeat(C)[None]                                            # rank = time position

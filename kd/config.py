@@ -158,7 +158,8 @@ class FusionConfig:
     lambda_vq_action: float = 1.0
     # Action branch target (teachers/alignment.py): "ordered" = forward-backward alignment of the
     # window's tokens (by span centre) to its class's ordered sub-actions on a cyclic chain; "set" =
-    # the class-masked softmax of the scores (no order); "attention" = the signal-to-text attention
+    # the same emissions without the chain (each time bin's softmax over its class's entries: no
+    # order); "attention" = the signal-to-text attention
     # weights (no sub-action scores are trained). The default stays "attention", the target every
     # measured default run used: on the real teacher "ordered" does not recover sub-actions yet
     # (experiments/subactions.md), so it is opt-in until it does.
@@ -168,36 +169,22 @@ class FusionConfig:
     lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
     align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
     align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
-    # Emissions of the E-step: "scaled" = log softmax(scores) - log prior (hybrid HMM: a likelihood up
-    # to a per-token constant; the prior is an EMA of the mean softmax over training tokens), so a
-    # sub-action shared by many classes cannot absorb every token; "posterior" = log softmax(scores),
-    # which collapses onto the most shared sub-action (experiments/subactions.md); "codes" = a table
-    # log p(shape code | sub-action, channel) learned by online EM from the E-step's own posteriors
-    # (teachers/alignment.py CodeEmissions), the chain running once per window over N time bins that
-    # pool every channel's tokens: the scores and the action decoder are then trained on its targets
-    # but do not produce them, so they cannot reinforce their own guess.
-    align_emission: str = "scaled"
-    # "codes" only: from this training step of the alignment on, the E-step reads the label-free scores
-    # instead of the code table (their scaled likelihoods, log softmax(scores) - log prior, averaged over
-    # the tokens of each time bin; one chain per window as with the codes). The code table starts the
-    # alignment where the scores cannot (they are random at first and reinforce their own guess); once
-    # the scores have learned its targets they read far more than one code per channel, and realigning on
-    # them sharpens the targets (experiments/subactions.md §8; hybrid-HMM realignment). Too early and the
-    # scores reinforce their own first guess (synthetic: 130 and 260 work, 50 collapses). None: never.
+    # The E-step's emissions: a table log p(shape code | sub-action, channel) learned by online EM from the
+    # E-step's own posteriors (teachers/alignment.py CodeEmissions), the chain running once per window over
+    # N time bins that pool every channel's tokens, so the scores and the action decoder are trained on
+    # its targets without producing them. From this training step on, the chain reads the scores instead
+    # (log softmax(scores) - log prior averaged over each bin's tokens: hybrid-HMM realignment, which
+    # sharpens targets once the scores have learned the table's; too early and they reinforce their own
+    # first guess: synthetic 130 and 260 work, 50 collapses; experiments/subactions.md §8). None: never.
     align_scores_from_step: Optional[int] = None
-    align_code_decay: float = 0.98      # "codes": counts are multiplied by this every training step
-    align_code_smoothing: float = 0.1   # "codes": added to every count before normalising over codes
+    align_code_decay: float = 0.98      # counts are multiplied by this every training step
+    align_code_smoothing: float = 0.1   # added to every count before normalising over codes
     align_prior_momentum: float = 0.99
-    # What the sub-action scores read. "token": the tokenizer output h (P_h is linear). "code": what the
-    # subsequence under the token's span looks like -- its code z_e with its mean and std (mu, sigma),
-    # through an MLP. With code_input=subsequence, h is not tied to the span (the code is read off the
-    # subsequence, not off h), so scores on h cannot tell the sub-actions of one window apart
-    # (experiments/subactions.md, section on the healthy teacher). "window": code, mean and std of every
-    # channel's tokens in the token's time bin and the two next to it (MMVQShape.window_features): on
-    # the synthetic benchmark one channel's attributes tell the sub-action for 0.40 of tokens, all
-    # channels' at one place for 0.70 (supervised probes, experiments/subaction_ceiling.py).
-    sub_input: str = "token"
-    sub_context: int = 1            # "window": the time bins either side of the token's that the scores read
+    # The sub-action scores read, for each token, the code, mean and std of every channel's tokens in its
+    # time bin and in sub_context bins either side (MMVQShape.window_features): a motion is what all axes do
+    # at once over a stretch of time (synthetic: one channel's attributes tell the sub-action for 0.40 of
+    # tokens, all channels' at one place for 0.70; experiments/subaction_ceiling.py).
+    sub_context: int = 1            # time bins either side of the token's that the scores read
 
 
 @dataclass
@@ -278,7 +265,9 @@ class SubKLConfig(LossConfig):
 RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
 # Model options retired, with the value that meant "off" and the last commit that has them. Measured not to
 # help: the span options (experiments/teacher_health.md section 6), sub_detach and teach_sub
-# (experiments/subactions.md sections 4 and 8), head_input and head_token_dim (experiments/RESULTS.md section 0c). Never measured to help, so
+# (experiments/subactions.md sections 4 and 8), head_input and head_token_dim (experiments/RESULTS.md section 0c),
+# E-step emissions from the scores alone (align_emission scaled/posterior) and scores on one token
+# (sub_input token/code): subactions.md sections 4-6 and RESULTS.md 3b. Never measured to help, so
 # never a default: codebook_init, dead_code_threshold, ce_class_weighted, vocab_mix. A saved config holding
 # one at its "off" value is read without it (it built the same model); any other value names a model this
 # version cannot build.
@@ -288,7 +277,11 @@ RETIRED_OPTIONS = {
     "fusion.sub_detach": (False, "b7a39b8"), "vqshape.head_input": ("attributes", "ceee45e"),
     "vqshape.head_token_dim": (16, "ceee45e"), "vqshape.codebook_init": ("uniform", "ceee45e"),
     "vqshape.dead_code_threshold": (0.0, "ceee45e"), "vqshape.ce_class_weighted": (False, "ceee45e"),
-    "fusion.vocab_mix": ("sample", "ceee45e"), "fusion.teach_sub": ("scores", "ceee45e")}
+    "fusion.vocab_mix": ("sample", "ceee45e"), "fusion.teach_sub": ("scores", "ceee45e"),
+    "fusion.align_emission": ("codes", "390988e"), "fusion.sub_input": ("window", "390988e")}
+# Retired options only an aligned action branch read: any value of them built today's model when the saved
+# fusion.action_target is "attention" (the old defaults "scaled" and "token" are in every saved config).
+ALIGNMENT_ONLY = ("fusion.align_emission", "fusion.sub_input")
 ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
 
 
@@ -404,8 +397,6 @@ CHOICES = {
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
-    "teacher.fusion.align_emission": ("scaled", "posterior", "codes"),
-    "teacher.fusion.sub_input": ("token", "code", "window"),
     "kd.coef": ("fixed", "dynamic"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
@@ -539,10 +530,9 @@ def validate_config(cfg: DictConfig) -> None:
                           ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)")):
         if not ok:
             raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
-    if f.align_scores_from_step is not None and (f.align_emission != "codes" or f.align_scores_from_step < 0):
-        raise ConfigError(f"teacher.fusion.align_scores_from_step={f.align_scores_from_step} switches the E-step "
-                          f"from the code table to the scores: it needs teacher.fusion.align_emission=codes "
-                          f"(got {f.align_emission!r}) and a step >= 0; or set it to null")
+    if f.align_scores_from_step is not None and f.align_scores_from_step < 0:
+        raise ConfigError(f"teacher.fusion.align_scores_from_step={f.align_scores_from_step} must be >= 0 "
+                          f"(the training step the E-step switches to the scores) or null (never)")
     names = [s.name for s in cfg.kd.sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"kd.sources names must be unique, got {names}")
@@ -617,7 +607,8 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
         for dotted, (off, commit) in RETIRED_OPTIONS.items():
             part, key = dotted.split(".")
             section = (d.get(side) or {}).get(part) or {}
-            if key in section and section.pop(key) != off:
+            unread = dotted in ALIGNMENT_ONLY and section.get("action_target", "attention") == "attention"
+            if key in section and section.pop(key) != off and not unread:
                 raise ConfigError(f"this run was made with {side}.{dotted}, an option retired since (see "
                                   f"RETIRED_OPTIONS in kd/config.py): rebuild or load it with commit {commit}")
     cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))

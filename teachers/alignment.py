@@ -105,17 +105,6 @@ def chain_viterbi(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool =
 
 
 # ----------------------------------------------------------------------------- targets over a vocabulary
-def class_emissions(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Tokens ordered by span centre and their log-probabilities over the class's ordered entries.
-    scores (S, N, M) over the whole vocabulary; centre (S, N); ids (S, K) vocabulary ids of each
-    sequence's class sub-actions in order (padding: any id, masked by n_states downstream).
-    -> (emissions (S, N, K) in centre order, order (S, N): token index at each ordered position)."""
-    log_p = scores.float().log_softmax(dim=-1)
-    order = centre.argsort(dim=1)
-    log_p = log_p.gather(1, order[..., None].expand_as(log_p))
-    return log_p.gather(2, ids[:, None, :].expand(-1, log_p.shape[1], -1)), order
-
-
 @torch.no_grad()
 def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
     """E-step posteriors (S, L, K) of S sequences: ordered = the cyclic chain's forward-backward; else the
@@ -131,18 +120,6 @@ def tokens_to_vocabulary(state_probs: torch.Tensor, ids: torch.Tensor, M: int) -
     vocabulary distributions (G, N, M); padding states must carry 0."""
     voc = state_probs.new_zeros(*state_probs.shape[:2], M)
     return voc.scatter_add_(2, ids[:, None, :].expand_as(state_probs), state_probs)
-
-
-@torch.no_grad()
-def alignment_targets(scores: torch.Tensor, centre: torch.Tensor, ids: torch.Tensor, n_states: torch.Tensor,
-                      ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
-    """The E-step on per-token scores: per-token targets over the vocabulary (S, N, M), without gradient.
-    ordered: chain posteriors of the class's cyclic sub-action order; else the scores' softmax restricted
-    to the class's entries (the set of its sub-actions, no order)."""
-    emit, order = class_emissions(scores, centre, ids)
-    post = state_posteriors(emit, n_states, ordered, p_stay)                 # (S, N, K) in centre order
-    tok = post.gather(1, order.argsort(dim=1)[..., None].expand_as(post))     # back to the tokens' order
-    return tokens_to_vocabulary(tok, ids, scores.shape[-1])
 
 
 # ----------------------------------------------------------------------------- emissions from shape codes

@@ -6,12 +6,12 @@ the *order* of the class's sub-actions (weak supervision from an ordered transcr
 
 * every token gets scores over the whole sub-action vocabulary, s_m = cos(P_h h, P_u e_m) / tau
   (label-free, so usable at test time);
-* E-step, without gradient: the window's tokens, ordered by span centre t + l/2, are aligned to the
-  class's ordered sub-actions by forward-backward on a cyclic left-to-right chain
-  (teachers/alignment.py); the state posteriors, scattered into the vocabulary, are the targets p
-  (for the first `align_warmup_steps`, the class-masked softmax of the scores: set only, no order);
-  with `align_emission=codes` the chain's emissions come from a table over the shape codes instead,
-  until `align_scores_from_step`, after which the teacher realigns on its own scores;
+* E-step, without gradient: the window's tokens, pooled into N time bins by span centre t + l/2, are
+  aligned to the class's ordered sub-actions by forward-backward on a cyclic left-to-right chain
+  (teachers/alignment.py) whose emissions come from a table over the shape codes (online EM), until
+  `align_scores_from_step`, after which the teacher realigns on its own scores; the state posteriors,
+  scattered into the vocabulary, are the targets p (for the first `align_warmup_steps`, each bin's
+  softmax over the class's entries: set only, no order);
 * L_sub = CE(p, softmax(s)) trains the scores; L_act = KL(p || softmax(action_decoder(z_q))) makes
   every shape code decode to a sub-action distribution as well as a shape.
 
@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.alignment import (CodeEmissions, chain_posteriors, chain_viterbi, class_emissions, pool_bins,
-                                state_posteriors, time_bins, tokens_to_vocabulary)
+from teachers.alignment import (CodeEmissions, chain_posteriors, chain_viterbi, pool_bins, state_posteriors,
+                                time_bins, tokens_to_vocabulary)
 from kd.layers import MLP, Attention, neighbour_context
 from kd.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -109,16 +109,13 @@ class MMVQShape(VQShape):
         self.label_head = MLP(K * d, Dt, d)
         self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
         if self.aligned:
-            width = {"token": d, "code": cfg.dim_code + 2,
-                     "window": (2 * fusion.sub_context + 1) * num_channels * (cfg.dim_code + 2)}
-            self.sub_tok = nn.Linear(d, fusion.sub_dim) if fusion.sub_input == "token" \
-                else MLP(width[fusion.sub_input], fusion.sub_dim, d)          # P_h
+            width = (2 * fusion.sub_context + 1) * num_channels * (cfg.dim_code + 2)
+            self.sub_tok = MLP(width, fusion.sub_dim, d)                      # P_h
             self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
             self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
             self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
-        self.code_emit = CodeEmissions(num_channels, M, cfg.num_code, fusion.align_code_decay,
-                                       fusion.align_code_smoothing) \
-            if self.aligned and fusion.align_emission == "codes" else None
+            self.code_emit = CodeEmissions(num_channels, M, cfg.num_code, fusion.align_code_decay,
+                                           fusion.align_code_smoothing)
 
     @staticmethod
     def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:
@@ -201,14 +198,12 @@ class MMVQShape(VQShape):
         out = super().forward(x, y, keys, reconstruct)
         out["action_logits"] = self.action_decoder(out["z_q"])              # (B*C, N, M)
         if self.aligned:
-            h = {"token": lambda: out["h"], "code": lambda: torch.cat([out["z_e"], out["mu"], out["sigma"]], -1),
-                 "window": lambda: self.window_features(out, x.shape[0])}[self.fusion.sub_input]()
-            out["sub_scores"] = self.sub_scores(h)                                  # (B*C, N, M)
+            out["sub_scores"] = self.sub_scores(self.window_features(out, x.shape[0]))   # (B*C, N, M)
         out.update(self.action_branch(out))
         return out
 
     def window_features(self, out: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """What the scores read with sub_input=window (B*C, N, (2k+1)*C*(dim_code+2)), k = fusion.sub_context:
+        """What the scores read (B*C, N, (2k+1)*C*(dim_code+2)), k = fusion.sub_context:
         for each token, the mean code, mean and std of every channel's tokens in its time bin (N equal bins,
         by span centre) and in the k bins either side (zeros past the window's ends or where a bin is
         empty). A motion is what all axes do at once over a stretch of time; one channel's short
@@ -226,42 +221,23 @@ class MMVQShape(VQShape):
 
     def sub_scores(self, h: torch.Tensor) -> torch.Tensor:
         """Label-free sub-action scores of every token over the whole vocabulary (B', N, M); h: what
-        the scores read (fusion.sub_input)."""
+        the scores read (window_features)."""
         tok = F.normalize(self.sub_tok(h), dim=-1)
         txt = F.normalize(self.sub_txt(self.vocab_emb), dim=-1)
         return tok @ txt.t() / self.fusion.sub_temperature
 
     # -- ordered alignment --------------------------------------------------------------
-    def class_rows(self, out: Dict[str, torch.Tensor], y: torch.Tensor):
-        """Per series (B*C): span centres (B*C, N), the class's ordered vocabulary ids (B*C, K) and
-        how many are real (B*C,)."""
-        yc = y.repeat_interleave(self.num_channels)
-        return (out["t"] + out["l"] / 2).squeeze(-1), self.class_index[yc], self.class_mask[yc].sum(dim=1)
-
-    def emission_scores(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The scores the chain reads (B*C, N, M): with align_emission=scaled, log softmax(scores) minus
-        the log prior of each entry (a likelihood up to a per-token constant), else the scores."""
-        if self.fusion.align_emission == "scaled":
-            return self.scaled_scores(out)
-        return out["sub_scores"].detach().float()
-
     def scaled_scores(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
         """log softmax(scores) - log prior (B*C, N, M), detached: a likelihood up to a per-token constant."""
         return out["sub_scores"].detach().float().log_softmax(dim=-1) - self.sub_prior.clamp(min=1e-8).log()
 
     @torch.no_grad()
     def chain(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> "Chain":
-        """The sequences the E-step and decoding run on. Emissions from the scores: one sequence per
-        series (B*C), its tokens ordered by span centre. Emissions from the codes (align_emission=codes):
-        one sequence per window (B) over N equal time bins; a bin emits the summed log p(code | state,
-        channel) of every token (of every channel) whose span centre falls in it; from step
-        `align_scores_from_step` on, the mean scaled score likelihood of those tokens instead."""
+        """The sequences the E-step and decoding run on: one per window (B) over N equal time bins; a bin
+        emits the summed log p(code | state, channel) of every token (of every channel) whose span centre
+        falls in it; from step `align_scores_from_step` on, the mean scaled score likelihood of those
+        tokens instead."""
         B, C = len(y), self.num_channels
-        if self.code_emit is None:
-            centre, ids, n_states = self.class_rows(out, y)
-            emit, order = class_emissions(self.emission_scores(out), centre, ids)
-            rows = torch.arange(B * C, device=y.device)
-            return Chain(emit, ids, n_states, rows, order.argsort(dim=1), rows // C)
         codes = out["code_idx"].view(B, C, -1)
         N = codes.shape[-1]
         bins = time_bins((out["t"] + out["l"] / 2).view(B, C * N), N)         # (B, C*N)
@@ -293,7 +269,7 @@ class MMVQShape(VQShape):
         c = self.chain(out, y)
         post = state_posteriors(c.emit, c.n_states, ordered, self.fusion.align_p_stay)
         tok = post[c.row[:, None], c.pos]                                     # (B*C, N, K)
-        if self.training and self.code_emit is not None:
+        if self.training:
             self.code_emit.update(out["code_idx"].view(len(y), self.num_channels, -1), c.ids,
                                   tok.view(len(y), self.num_channels, *tok.shape[1:]))
         return tokens_to_vocabulary(tok, c.ids[c.row], self.M)

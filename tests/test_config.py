@@ -50,7 +50,8 @@ def test_overrides_and_required_keys():
     ("student.vqshape.lambda_render=1", "student.vqshape.lambda_render was retired"),
     ("teacher.fusion.sub_detach=true", "teacher.fusion.sub_detach was retired"),
     ("teacher.vqshape.codebook_init=data", "teacher.vqshape.codebook_init was retired.*run commit ceee45e"),
-    ("teacher.fusion.align_scores_from_step=100", "align_scores_from_step=100 switches the E-step.*align_emission=codes"),
+    ("teacher.fusion.align_emission=scaled", "teacher.fusion.align_emission was retired.*run commit 390988e"),
+    ("teacher.fusion.align_scores_from_step=-1", r"align_scores_from_step=-1 must be >= 0"),
     ("teacher.fusion.sub_context=-1", r"teacher.fusion.sub_context=-1 must be >= 0"),
     # each loss holds only its own parameters, checked at load (not when the student stage builds it)
     ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
@@ -132,6 +133,24 @@ def test_a_config_saved_before_options_were_retired_reads_back_when_they_were_of
     old["teacher"]["vqshape"]["dead_code_threshold"] = 0.1
     with pytest.raises(ConfigError, match="teacher.vqshape.dead_code_threshold, an option retired.*commit ceee45e"):
         config_from_dict(old)
+
+
+def test_retired_alignment_options_read_back_whenever_no_alignment_read_them():
+    """align_emission and sub_input were read only by an aligned action branch: with the attention target any
+    saved value built today's model (every config saved before holds the old defaults scaled and token); an
+    aligned run reads back when it used what is now the only behaviour, and otherwise names the commit."""
+    from omegaconf import OmegaConf
+    from kd.config import comparable, config_from_dict
+    for target, emission, sub_input, ok in (("attention", "scaled", "token", True), ("ordered", "codes", "window", True),
+                                            ("ordered", "scaled", "window", False), ("set", "codes", "code", False)):
+        cfg = load_config("configs/default.yaml", [f"teacher.fusion.action_target={target}"])
+        old = OmegaConf.to_container(cfg, resolve=True)
+        old["teacher"]["fusion"].update(align_emission=emission, sub_input=sub_input)
+        if ok:
+            assert comparable(config_from_dict(old)) == comparable(cfg)
+        else:
+            with pytest.raises(ConfigError, match="teacher.fusion.(align_emission|sub_input), an option retired.*390988e"):
+                config_from_dict(old)
 
 
 def test_a_negative_sub_action_context_fails_at_load():

@@ -32,8 +32,7 @@ def pairing_config(t_arch, text, s_arch, text_cache, extra=()):
     return load_config("configs/synthetic_smoke.yaml", [*base, *off, *on]), t_keys, s_keys
 
 
-ORDERED = ["teacher.fusion.action_target=ordered", "teacher.fusion.align_emission=codes",
-           "teacher.fusion.sub_input=window"]
+ORDERED = ["teacher.fusion.action_target=ordered"]
 
 
 @pytest.mark.parametrize("t_arch,text,s_arch,extra", [(*p, ()) for p in PAIRINGS] + [

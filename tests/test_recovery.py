@@ -78,8 +78,7 @@ def ordered_sub_kl_distiller(text_cache):
     return build_distiller(cfg, splits, teacher), teacher, splits
 
 
-ORDERED_SUB_KL = ["teacher.fusion.action_target=ordered", "teacher.fusion.align_emission=codes",
-                  "teacher.fusion.sub_input=window", "kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"]
+ORDERED_SUB_KL = ["teacher.fusion.action_target=ordered", "kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"]
 
 
 def test_sub_kl_gradient_reaches_the_head_adapter_and_student_only(text_cache):
