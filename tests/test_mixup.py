@@ -51,9 +51,9 @@ def test_mixup_mistakes_fail_at_load_naming_the_fix():
     with pytest.raises(ConfigError, match="set train.cache_teacher=false"):
         load_config("configs/ensemble_wrn16_1.yaml", ["train.mixup=1.0"])
     with pytest.raises(ConfigError, match="set teacher.fusion.teach_keys=vocab"):
-        load_config("configs/default.yaml", ["train.mixup=1.0", "train.cache_teacher=false"])
-    load_config("configs/default.yaml", ["train.mixup=1.0", "train.cache_teacher=false",
-                                         "teacher.fusion.teach_keys=vocab"])   # teaches without the label
+        load_config("configs/default.yaml", ["train.mixup=1.0", "train.cache_teacher=false",
+                                             "teacher.fusion.teach_keys=class"])
+    load_config("configs/default.yaml", ["train.mixup=1.0", "train.cache_teacher=false"])   # teaches without the label
     with pytest.raises(ConfigError, match="train.mixup=-0.5 must be >= 0"):
         load_config("configs/baseline_wrn16_1.yaml", ["train.mixup=-0.5"])
     load_config("configs/baseline_wrn16_1.yaml", ["train.mixup=1.0"])    # no teacher: nothing to cache
