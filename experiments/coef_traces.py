@@ -18,6 +18,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from experiments.run_reports import finished_runs
+
 
 def run_traces(run: Path) -> Dict[str, Dict[str, float]]:
     """{source: {first, last, all}} of one run's student-stage coefficient traces."""
@@ -42,8 +44,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     args = ap.parse_args(argv)
     out: Dict = {"root": args.root, "methods": {}}
     for m in args.methods:
-        runs = {r.name: run_traces(r) for r in sorted((Path(args.root) / m).glob("fold*_s*"))
-                if r.is_dir() and (r / "results.json").is_file()}
+        runs = {r.name: run_traces(r) for r in finished_runs(Path(args.root) / m)}
         runs = {k: v for k, v in runs.items() if v}
         sources = sorted({s for v in runs.values() for s in v})
         summary = {s: {part: {"mean": float(np.mean([v[s][part] for v in runs.values()])),

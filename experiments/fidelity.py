@@ -24,6 +24,7 @@ from kd.config import config_from_dict
 from kd.data import build_splits
 from kd.pipeline import load_teacher
 from kd.predict import Predictor
+from experiments.run_reports import finished_runs
 
 
 def test_windows(splits):
@@ -59,10 +60,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     out: Dict = {"root": str(root), "teachers": str(teachers), "methods": {}}
     for m in args.methods:
         units = {}
-        for run in sorted((root / m).glob("fold*_s*")):
-            if run.is_dir() and (run / "results.json").is_file():
-                fold = run.name.split("_")[0]
-                units[run.name] = unit(run, teachers / fold / "teacher")
+        for run in finished_runs(root / m):
+            units[run.name] = unit(run, teachers / run.name.split("_")[0] / "teacher")
         summary = {k: float(np.mean([u[k] for u in units.values()])) for k in next(iter(units.values()))}
         out["methods"][m] = {"units": units, "mean": summary, "n": len(units)}
         print(f"{m:>16}: n {len(units)}, agreement with the teacher {summary['agreement']:.3f}, "

@@ -1,5 +1,5 @@
-"""The command line the per-run report scripts share: a report function over finished run directories,
-printed as JSON and optionally written to a file."""
+"""What the report scripts share: the command line of the per-run ones (a report function over finished run
+directories, printed as JSON and optionally written to a file), and the finished runs of a study's method."""
 from __future__ import annotations
 
 import argparse
@@ -24,3 +24,9 @@ def main_over_runs(doc: str, report: Callable[[Path], Dict], argv: Optional[Sequ
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
+
+
+def finished_runs(method_dir: Path) -> List[Path]:
+    """The finished (fold, seed) run directories of one method of a `kd.cv` study (`fold<k>_s<seed>/` holding
+    results.json), in name order."""
+    return [r.parent for r in sorted(Path(method_dir).glob("fold*_s*/results.json"))]

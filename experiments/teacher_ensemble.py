@@ -22,6 +22,7 @@ import torch
 
 from kd.evaluate import load_run_teacher
 from kd.metrics import confusion_matrix, macro_f1
+from experiments.run_reports import finished_runs
 
 
 def split_probs(teacher, split) -> tuple:
@@ -55,8 +56,8 @@ def fold_scores(fold_dirs: List[Path]) -> Dict:
 
 def alone_by_fold(root: Path) -> Dict[str, float]:
     by: Dict[str, List[float]] = {}
-    for r in sorted(root.glob("fold*_s*/results.json")):
-        by.setdefault(r.parent.name.split("_")[0], []).append(json.loads(r.read_text())["baseline"]["macro_f1"])
+    for r in finished_runs(root):
+        by.setdefault(r.name.split("_")[0], []).append(json.loads((r / "results.json").read_text())["baseline"]["macro_f1"])
     return {f: float(np.mean(v)) for f, v in by.items()}
 
 

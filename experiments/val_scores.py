@@ -16,14 +16,16 @@ from typing import Dict, List
 
 import numpy as np
 
+from experiments.run_reports import finished_runs
+
 
 def val_scores(root: Path, method: str) -> Dict[str, float]:
     """{"fold0_s0": validation macro-F1 of the selected checkpoint, ...} of one method's finished runs."""
     out = {}
-    for res in sorted((root / method).glob("fold*_s*/results.json")):
-        r = json.loads(res.read_text())
+    for run in finished_runs(root / method):
+        r = json.loads((run / "results.json").read_text())
         model = r["student"] if "student" in r else r["baseline"]
-        out[res.parent.name] = model["train"]["val_selected"]["macro_f1"]
+        out[run.name] = model["train"]["val_selected"]["macro_f1"]
     return out
 
 
