@@ -165,7 +165,7 @@ class FusionConfig:
     # (experiments/subactions.md), so it is opt-in until it does.
     action_target: str = "attention"
     sub_dim: int = 64               # width of the token / sub-action projections the scores compare
-    sub_temperature: float = 0.1    # scores = cos(P_h h, P_u e_m) / temperature
+    sub_temperature: float = 0.1    # scores = cos(P_h w, P_u e_m) / temperature (w: window_features)
     lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
     align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
     align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)

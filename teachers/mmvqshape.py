@@ -4,8 +4,8 @@ Sub-action sentences of each class (embedded by a frozen text encoder) are the k
 bidirectional cross-attention with the shape tokens. Which sub-action each token is comes from
 the *order* of the class's sub-actions (weak supervision from an ordered transcript):
 
-* every token gets scores over the whole sub-action vocabulary, s_m = cos(P_h h, P_u e_m) / tau
-  (label-free, so usable at test time);
+* every token gets scores over the whole sub-action vocabulary, s_m = cos(P_h w, P_u e_m) / tau, w what
+  every channel's tokens look like around its time (window_features; label-free, so usable at test time);
 * E-step, without gradient: the window's tokens, pooled into N time bins by span centre t + l/2, are
   aligned to the class's ordered sub-actions by forward-backward on a cyclic left-to-right chain
   (teachers/alignment.py) whose emissions come from a table over the shape codes (online EM), until
