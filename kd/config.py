@@ -185,6 +185,10 @@ class FusionConfig:
     # at once over a stretch of time (synthetic: one channel's attributes tell the sub-action for 0.40 of
     # tokens, all channels' at one place for 0.70; experiments/subaction_ceiling.py).
     sub_context: int = 1            # time bins either side of the token's that the scores read
+    # 0: the scores' projection P_h is an MLP on each token's window features (above); L > 0: L residual
+    # convolutions of width 5 over the window's time bins (teachers/mmvqshape.py BinConvReader), which see
+    # sub_context + 2L bins either side of a token.
+    sub_layers: int = 0
 
 
 @dataclass
@@ -527,7 +531,9 @@ def validate_config(cfg: DictConfig) -> None:
     for key, ok, rule in (("align_p_stay", 0.0 < f.align_p_stay < 1.0, "lie in (0, 1)"),
                           ("align_code_decay", 0.0 <= f.align_code_decay < 1.0, "lie in [0, 1)"),
                           ("align_code_smoothing", f.align_code_smoothing > 0, "be > 0"),
-                          ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)")):
+                          ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)"),
+                          ("sub_layers", f.sub_layers >= 0, "be >= 0 (0: an MLP per token; L: L convolutions "
+                                                            "over the time bins)")):
         if not ok:
             raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
     if f.align_scores_from_step is not None and f.align_scores_from_step < 0:

@@ -53,6 +53,7 @@ def test_overrides_and_required_keys():
     ("teacher.fusion.align_emission=scaled", "teacher.fusion.align_emission was retired.*run commit 390988e"),
     ("teacher.fusion.align_scores_from_step=-1", r"align_scores_from_step=-1 must be >= 0"),
     ("teacher.fusion.sub_context=-1", r"teacher.fusion.sub_context=-1 must be >= 0"),
+    ("teacher.fusion.sub_layers=-1", r"teacher.fusion.sub_layers=-1 must be >= 0 \(0: an MLP per token"),
     # each loss holds only its own parameters, checked at load (not when the student stage builds it)
     ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
     ("kd.sp.attr_weights.mu=1", "unknown config key 'kd.sp.attr_weights'"),

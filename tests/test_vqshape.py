@@ -686,3 +686,38 @@ def test_the_code_read_off_the_subsequence_gives_the_span_heads_no_gradient():
     out = m(torch.randn(2, 1, 512), reconstruct=False)
     (out["z_e"].sum() + out["mu"].sum() + out["sigma"].sum()).backward()
     assert m.attr.tl_head[-1].weight.grad is None and m.attr.code_encoder[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("k,layers", [(0, 1), (1, 2)])
+def test_conv_reader_scores_read_exactly_k_plus_2L_bins_either_side(k, layers):
+    """sub_layers=L: a token's projection in bin n depends on every channel's tokens in bins n-k-2L .. n+k+2L
+    and on nothing else (brute force over the bins, by gradient); tokens of one bin share it."""
+    C, N, B = 2, 16, 1
+    torch.manual_seed(0)
+    w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling", num_token=N),
+                  FusionConfig(action_target="ordered", sub_context=k, sub_layers=layers), C, 3, **text_tensors())
+    for conv in w.sub_tok.convs:                     # generic weights: no ReLU dead everywhere by chance
+        torch.nn.init.normal_(conv.bias, 1.0, 0.1)
+    z = torch.randn(B * C, N, w.cfg.dim_code, requires_grad=True)
+    t = (torch.arange(N) / N + 0.01).expand(B * C, N)[..., None]                # token i sits in bin i
+    out = {"z_e": z, "mu": torch.randn(B * C, N, 1), "sigma": torch.rand(B * C, N, 1), "t": t,
+           "l": torch.zeros(B * C, N, 1)}
+    p = w.token_projection(out, B)
+    assert p.shape == (B * C, N, w.fusion.sub_dim) and torch.equal(p[0], p[1])
+    reach = k + 2 * layers
+    for n in range(N):
+        g, = torch.autograd.grad(p[0, n].sum(), z, retain_graph=True)
+        assert torch.equal(g.abs().sum(-1) > 0, ((torch.arange(N) - n).abs() <= reach).expand(C, N)), n
+
+
+def test_conv_reader_learns_from_the_alignment_targets_and_mlp_reader_is_unchanged():
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
+    w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
+                  FusionConfig(action_target="ordered", align_warmup_steps=0, sub_layers=2), 2, 3, **text_tensors())
+    w.losses(w(x, keys="vocab"), y)["sub"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in w.sub_tok.parameters())
+    assert w.attr.tl_head[0].weight.grad is None                                # spans still untouched
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", sub_context=1), 2, 3, **text_tensors())
+    out = m(x, keys="vocab")
+    assert torch.equal(out["sub_scores"], m.sub_scores(m.sub_tok(m.window_features(out, 4))))
