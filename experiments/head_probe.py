@@ -39,7 +39,29 @@ def tokens_of(teacher, dataset) -> Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
-def fit(head: TokenHead, train, val, test, n_cls: int, seed: int) -> Dict[str, float]:
+def augmented(tokens: torch.Tensor, y: torch.Tensor, num_channels: int, roll: bool, mix_alpha: float):
+    """A training batch's tokens (B, C*N, k), each channel's in span order, changed for the head's training:
+    `roll` shifts every window's token sequence by a random number of positions (the same for its channels,
+    circularly: an exercise window is a few repetitions at no fixed phase); `mix_alpha` > 0 mixes windows
+    (mixup, lam ~ Beta(a, a)). -> tokens, (y_a, y_b, lam)."""
+    B, CN, k = tokens.shape
+    if roll:
+        N = CN // num_channels
+        idx = (torch.arange(N)[None] + torch.randint(0, N, (B, 1))) % N                    # (B, N)
+        tokens = tokens.view(B, num_channels, N, k).gather(
+            2, idx[:, None, :, None].expand(B, num_channels, N, k)).view(B, CN, k)
+    lam = torch.ones(B)
+    perm = torch.arange(B)
+    if mix_alpha > 0:
+        lam = torch.distributions.Beta(mix_alpha, mix_alpha).sample((B,))
+        perm = torch.randperm(B)
+        tokens = lam[:, None, None] * tokens + (1 - lam[:, None, None]) * tokens[perm]
+    return tokens, (y, y[perm], lam)
+
+
+def fit(head: TokenHead, train, val, test, n_cls: int, seed: int, roll: bool = False,
+        mix_alpha: float = 0.0) -> Dict[str, float]:
+    """train, val, test: (tokens, mean, std, y). `roll` / `mix_alpha`: see `augmented` (off by default)."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(head.parameters(), LR, weight_decay=0.01)
     steps = EPOCHS * -(-len(train[3]) // BATCH)
@@ -50,7 +72,13 @@ def fit(head: TokenHead, train, val, test, n_cls: int, seed: int) -> Dict[str, f
         perm = torch.randperm(len(train[3]))
         for i in range(0, len(perm), BATCH):
             j = perm[i:i + BATCH]
-            loss = F.cross_entropy(head(train[0][j], train[1][j], train[2][j]), train[3][j])
+            if roll or mix_alpha > 0:
+                tok, (ya, yb, lam) = augmented(train[0][j], train[3][j], head.num_channels, roll, mix_alpha)
+                logits = head(tok, train[1][j], train[2][j])
+                loss = (lam * F.cross_entropy(logits, ya, reduction="none")
+                        + (1 - lam) * F.cross_entropy(logits, yb, reduction="none")).mean()
+            else:
+                loss = F.cross_entropy(head(train[0][j], train[1][j], train[2][j]), train[3][j])
             opt.zero_grad()
             loss.backward()
             opt.step()

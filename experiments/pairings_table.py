@@ -48,6 +48,7 @@ ROWS = (
     ("cv_default_select.json", "no_logit", "0o", "same, no logit KD"),
     ("cv_default_select.json", "fm", "0o", "same, function matching (today's default)"),
     ("cv_default_select.json", "no_logit_fm", "0o", "same, no logit KD, function matching"),
+    ("cv_default_ema_select.json", "default_ema", "0p", "text-guided, vocabulary, weight averaging"),
 )
 
 
