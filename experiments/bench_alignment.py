@@ -3,9 +3,9 @@
 The default text-guided teacher (dim 64, 2/2/1 layers, 32 tokens, 6 channels x 512, batch 32, 7
 classes with 5 sub-actions each) trained one step at a time with fusion.action_target =
 "attention" (no scores, no E-step), "set" (scores + class-masked softmax), "ordered" (scores +
-forward-backward on the cyclic chain), "codes_window2" (the E-step on a code table, scores reading every
-channel within 2 time bins) and "realigned" (the same after the switch to the scores); steps interleaved (A, B, C, A, B, C, ...) in this one process
-so drift hits all alike. Prints the median step time of each and the ratios to "attention".
+forward-backward on the cyclic chain), "realigned" (the E-step on the scores, which read every channel
+within 2 time bins) and "realigned_conv" (the same scores read through 3 convolutions over the bins,
+fusion.sub_layers); steps interleaved (A, B, C, A, B, C, ...) in this one process so drift hits all alike. Prints the median step time of each and the ratios to "attention".
 
     python -m experiments.bench_alignment [--steps 20] [--threads 2]
 """
@@ -25,7 +25,9 @@ from teachers.mmvqshape import MMVQShape
 VARIANTS = {"attention": dict(action_target="attention"),
             "set": dict(action_target="set", sub_context=2),
             "ordered": dict(action_target="ordered", sub_context=2),
-            "realigned": dict(action_target="ordered", sub_context=2, align_scores_from_step=0)}
+            "realigned": dict(action_target="ordered", sub_context=2, align_scores_from_step=0),
+            # the scores read through 3 residual convolutions over the bins (fusion.sub_layers; subactions.md §11)
+            "realigned_conv": dict(action_target="ordered", sub_context=0, sub_layers=3, align_scores_from_step=0)}
 
 
 def build(variant: str, seed: int = 0) -> MMVQShape:
