@@ -25,14 +25,14 @@ REFERENCE_MEAN, REFERENCE_UNITS, TOLERANCE = 0.8433, 30, 5e-5
 # (study file, method, RESULTS.md section, what the pairing is). One row per distinct set of runs: a method
 # linked into several studies is listed once, from the study that made it.
 ROWS = (
-    ("cv_ensemble.json", "ensemble", "0d", "ensemble of 4 WRN-16-1 -> WRN-16-1, logit KD"),
+    ("cv_ensemble.json", "ensemble", "0d", "ensemble of 4 WRN-16-1 → WRN-16-1, logit KD"),
     ("cv_ensemble_mixup.json", "ensemble_mixup", "0d", "ensemble, function matching (mixup, teacher live)"),
     ("cv_ensemble_mixup.json", "alone_mixup", "0d", "student alone, mixup (no teacher)"),
     ("cv_ensemble_augment.json", "alone_augment", "0d", "student alone, mixup + gain, noise, shift (no teacher)"),
     ("cv_ensemble_augment.json", "ensemble_augment", "0d", "ensemble, function matching + gain, noise, shift"),
     ("cv_text_plus_ensemble.json", "default", "0e", "text-guided VQShape (flat head, class keys), full KD set"),
-    ("cv_text_plus_ensemble.json", "text_plus_ensemble", "0e", "same + the ensemble as a third source"),
-    ("cv_topo.json", "topo", "0f", "topological teacher (persistence images) -> WRN-16-1"),
+    ("cv_text_plus_ensemble.json", "text_plus_ensemble", "0e", "text-guided (flat head, class keys) + the ensemble as a third source"),
+    ("cv_topo.json", "topo", "0f", "topological teacher (persistence images) → WRN-16-1"),
     ("cv_topo.json", "topo_sp1000", "0f", "topological teacher, similarity-preserving weight 1000"),
     ("cv_topo.json", "ens_topo", "0f", "ensemble + topological, dynamic coefficients"),
     ("cv_topo.json", "ens_topo_fixed", "0f", "ensemble + topological, fixed coefficients"),
@@ -41,14 +41,15 @@ ROWS = (
     ("cv_conv_head.json", "conv_head", "0i", "text-guided VQShape, conv head, class keys"),
     ("cv_text_vs_signal.json", "signal", "0j", "signal-only VQShape (no text), conv head"),
     ("cv_teacher_longer.json", "longer", "0k", "text-guided VQShape, 30 supervised teacher epochs"),
-    ("cv_coefficients.json", "fixed", "0m", "text-guided (class keys), fixed coefficients"),
-    ("cv_coefficients.json", "logit", "0m", "text-guided teacher, logit KD only"),
-    ("cv_teach_keys.json", "default", "0n", "text-guided, teaching with the vocabulary (no class text)"),
-    ("cv_coefficients_vocab.json", "fixed", "0n", "same, fixed coefficients"),
-    ("cv_default_select.json", "no_logit", "0o", "same, no logit KD"),
-    ("cv_default_select.json", "fm", "0o", "same, function matching (today's default)"),
-    ("cv_default_select.json", "no_logit_fm", "0o", "same, no logit KD, function matching"),
-    ("cv_default_ema_select.json", "default_ema", "0p", "text-guided, vocabulary, weight averaging"),
+    ("cv_coefficients.json", "fixed", "0m", "text-guided, conv head, class keys, fixed coefficients"),
+    ("cv_coefficients.json", "logit", "0m", "text-guided teacher (conv head), logit KD only"),
+    ("cv_teach_keys.json", "default", "0n", "text-guided, conv head, teaching with the vocabulary (no class text)"),
+    ("cv_coefficients_vocab.json", "fixed", "0n", "text-guided, vocabulary keys, fixed coefficients"),
+    ("cv_default_select.json", "no_logit", "0o", "text-guided, vocabulary keys, no logit KD"),
+    ("cv_default_select.json", "fm", "0o", "text-guided, vocabulary keys, function matching (today's default)"),
+    ("cv_default_select.json", "no_logit_fm", "0o", "text-guided, vocabulary keys, no logit KD, function matching"),
+    ("cv_default_ema_select.json", "default_ema", "0p", "text-guided, vocabulary keys, weight averaging"),
+    ("cv_coefficients_fm.json", "fm_fixed", "0s", "text-guided, vocabulary keys, function matching, fixed coefficients"),
 )
 
 
