@@ -5,7 +5,8 @@ classes with 5 sub-actions each) trained one step at a time with fusion.action_t
 "attention" (no scores, no E-step), "set" (scores + class-masked softmax), "ordered" (scores +
 forward-backward on the cyclic chain), "realigned" (the E-step on the scores, which read every channel
 within 2 time bins) and "realigned_conv" (the same scores read through 3 convolutions over the bins,
-fusion.sub_layers); steps interleaved (A, B, C, A, B, C, ...) in this one process so drift hits all alike. Prints the median step time of each and the ratios to "attention".
+fusion.sub_layers); steps interleaved (A, B, C, A, B, C, ...) in this one process so drift hits all alike.
+Prints the median step time of each and the ratios to "attention".
 
     python -m experiments.bench_alignment [--steps 20] [--threads 2]
 """

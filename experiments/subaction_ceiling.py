@@ -40,6 +40,7 @@ from kd.pipeline import load_teacher
 from kd.recovery import span_majority, synthetic_vocab_map
 from kd.text import description_file
 from teachers.alignment import CodeEmissions, chain_viterbi, pool_bins, state_posteriors, tokens_to_vocabulary
+from teachers.mmvqshape import BinConvReader
 
 
 @torch.no_grad()
@@ -109,20 +110,11 @@ def mlp_probe(tr, te, joint: bool, context: int = 0, epochs: int = 300, seed: in
     return fit_probe(net, x, y, xt, yt, epochs)
 
 
-class SequenceProbe(nn.Module):
+def SequenceProbe(width: int, layers: int, hidden: int = 128) -> nn.Module:
     """Residual 1-D convolutions (kernel 5) over the token positions of every channel's attributes:
-    `layers` of them see 2 * layers positions either side."""
-
-    def __init__(self, width: int, layers: int, hidden: int = 128):
-        super().__init__()
-        self.inp, self.out = nn.Conv1d(width, hidden, 1), nn.Conv1d(hidden, len(PRIMITIVES), 1)
-        self.convs = nn.ModuleList(nn.Conv1d(hidden, hidden, 5, padding=2) for _ in range(layers))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                              # (B, N, W) -> (B, N, P)
-        h = self.inp(x.transpose(1, 2))
-        for conv in self.convs:
-            h = h + F.relu(conv(h))
-        return self.out(h).transpose(1, 2)
+    `layers` of them see 2 * layers positions either side. The teacher's scores use the same reader
+    (teachers/mmvqshape.py BinConvReader, `fusion.sub_layers`). (B, N, W) -> (B, N, P)."""
+    return BinConvReader(width, len(PRIMITIVES), hidden, layers)
 
 
 def sequence_probe(tr, te, layers: int, epochs: int = 300, seed: int = 0) -> float:
