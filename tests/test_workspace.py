@@ -100,9 +100,14 @@ def test_teacher_never_reaches_the_optimizer_nor_changes(tiny_pair):
     assert {"coef_shape", "coef_action"} <= set(logs)
 
 
-def test_dynamic_coefficients_weight_the_source_terms(tiny_pair, monkeypatch):
-    cfg, splits, teacher, distiller = tiny_pair
-    monkeypatch.setattr(distiller.kd_cfg.workspace, "prior_prob", 0.0)
+def test_dynamic_coefficients_weight_the_source_terms(tiny_pair):
+    from omegaconf import OmegaConf
+    from kd.pipeline import build_distiller
+    cfg, splits, teacher, _ = tiny_pair
+    cfg = copy.deepcopy(cfg)          # the module's config is shared by every test here: change a copy
+    OmegaConf.update(cfg, "kd.workspace.prior_prob", 0.0)
+    torch.manual_seed(0)
+    distiller = build_distiller(cfg, splits, teacher)
     distiller.train()
     b = batch_of(splits.train)
     with torch.no_grad():
