@@ -49,8 +49,18 @@ class SyntheticConfig:
 
 
 @dataclass
+class HaptConfig:
+    """UCI HAPT recordings (kd/data/hapt.py): 30 subjects, waist phone, acc + gyro at 50 Hz."""
+    root: Optional[str] = None        # the folder holding RawData/ (UCI layout); required with data.name=hapt
+    task: str = "all"                 # "all": 12 classes (6 activities + 6 postural transitions) | "activities": UCI-HAR's 6
+    window: int = 128                 # raw samples per window (2.56 s, UCI-HAR's)
+    stride: int = 64                  # 50 % overlap, UCI-HAR's
+    min_fill: float = 0.5             # a segment shorter than the window gets one centred window if it fills this share
+
+
+@dataclass
 class DataConfig:
-    name: str = "watch"                       # watch | npz | synthetic
+    name: str = "watch"                       # watch | npz | synthetic | hapt
     length: int = 512                         # every window is linearly resampled to this length
     test_subjects: Optional[List[int]] = None  # None: the data set's default held-out subjects
     val_subjects: Optional[List[int]] = None   # None: the data set's default validation subjects
@@ -60,6 +70,7 @@ class DataConfig:
     watch: WatchConfig = field(default_factory=WatchConfig)
     npz: NpzConfig = field(default_factory=NpzConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    hapt: HaptConfig = field(default_factory=HaptConfig)
 
 
 # --------------------------------------------------------------------------- text
@@ -397,7 +408,8 @@ class RunConfig:
 
 CHOICES = {
     "stage": ("teacher", "student", "all"),
-    "data.name": ("watch", "npz", "synthetic"),
+    "data.name": ("watch", "npz", "synthetic", "hapt"),
+    "data.hapt.task": ("all", "activities"),
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),
@@ -493,6 +505,9 @@ def validate_config(cfg: DictConfig) -> None:
             if v.dim % v[f"{name}_heads"]:
                 raise ConfigError(f"{side}.vqshape.dim={v.dim} must be divisible by "
                                   f"{side}.vqshape.{name}_heads={v[f'{name}_heads']}")
+    if cfg.data.name == "hapt" and (cfg.data.hapt.root is None or not (Path(cfg.data.hapt.root) / "RawData").is_dir()):
+        raise ConfigError(f"data.name=hapt reads the UCI HAPT folder at data.hapt.root={cfg.data.hapt.root!r}, "
+                          "which has no RawData/ folder: set data.hapt.root to the folder holding RawData/")
     if cfg.teacher.members < 1:
         raise ConfigError(f"teacher.members={cfg.teacher.members} must be >= 1 (1: a single teacher network)")
     if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "topo", "none"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict
 
 from .core import DataError, Splits, nearest_indices, resample
+from .hapt import build_hapt
 from .npz import build_npz
 from .synthetic import build_synthetic
 from .watch import build_watch
@@ -18,6 +19,7 @@ DATASETS: Dict[str, Callable[[Any], Splits]] = {
     "watch": build_watch,
     "npz": build_npz,
     "synthetic": build_synthetic,
+    "hapt": build_hapt,
 }
 
 

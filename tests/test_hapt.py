@@ -1,0 +1,154 @@
+"""HAPT loader on a tiny folder in the UCI layout written here: windows cut inside labelled segments (a
+round trip through sample ids written into the signal), short transitions centred, the two tasks, the
+subject split, the info command, and an error naming the file and line for each kind of bad input."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kd.config import ConfigError, load_config
+from kd.data import DataError, build_splits
+from kd.data.__main__ import main as cli_main
+from kd.data.hapt import read_sessions, segment_windows
+
+T = 600
+# (activity id, first, last): walking, a 80-sample stand-to-sit (shorter than a 128 window), sitting
+SEGMENTS = [(1, 10, 299), (7, 300, 379), (4, 380, 599)]
+
+
+def write_folder(root: Path, users=(1, 2, 3, 4, 5), segments=SEGMENTS, length=T) -> Path:
+    """One session per user; acc x holds the sample index, acc y the experiment, acc z the user."""
+    raw = root / "RawData"
+    raw.mkdir(parents=True)
+    rows = []
+    for exp, user in enumerate(users, start=1):
+        t = np.arange(length)
+        acc = np.stack([t, np.full(length, exp), np.full(length, user)], 1)
+        gyro = np.stack([np.sin(t / 10.0), np.cos(t / 10.0), np.zeros(length)], 1)
+        np.savetxt(raw / f"acc_exp{exp:02d}_user{user:02d}.txt", acc, fmt="%.8e")
+        np.savetxt(raw / f"gyro_exp{exp:02d}_user{user:02d}.txt", gyro, fmt="%.8e")
+        rows += [f"{exp} {user} {a} {b} {c}" for a, b, c in segments]
+    (raw / "labels.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def hapt_cfg(root: Path, *overrides: str):
+    return load_config(overrides=["data.name=hapt", f"data.hapt.root={root}", "data.length=128",
+                                  "data.test_subjects=[1]", "data.val_subjects=[2]", *overrides]).data
+
+
+def test_windows_lie_inside_their_segment_and_round_trip(tmp_path):
+    root = write_folder(tmp_path)
+    splits = build_splits(hapt_cfg(root))
+    assert splits.num_channels == 6 and splits.length == 128 and len(splits.class_names) == 12
+    for ds in splits.datasets().values():
+        x = ds.x.numpy()                                                     # (N, 6, 128)
+        start = x[:, 0, 0].round().astype(int)
+        assert np.allclose(x[:, 0], start[:, None] + np.arange(128))         # contiguous raw samples
+        assert np.array_equal(x[:, 2, 0].astype(int), ds.subjects)            # each window's own user
+        for s, label in zip(start, ds.labels):
+            act, first, last = next(seg for seg in SEGMENTS if seg[0] == label + 1)
+            if last - first + 1 >= 128:
+                assert first <= s and s + 127 <= last                        # inside its segment
+            else:                                                            # the short one: centred on it
+                assert s <= first and last <= s + 127 and abs((s + 63.5) - (first + last) / 2) <= 1
+    per_user = {1: 3, 4: 2, 7: 1}                                           # windows of walking, sitting, transition
+    counts = np.bincount(splits.train.labels, minlength=12)
+    assert {k: counts[k - 1] // 3 for k in per_user} == per_user             # 3 training users
+    assert splits.info()["short_segments"]["fill_min"] == round(80 / 128, 3)
+
+
+def test_segment_windows_brute_force():
+    for first, last, T_, w, stride in [(0, 299, 600, 128, 64), (5, 132, 600, 128, 64), (10, 500, 510, 50, 7)]:
+        starts, fill = segment_windows(first, last, T_, w, stride, 0.5)
+        brute = [s for s in range(first, last + 1, stride) if s + w - 1 <= last]
+        assert starts.tolist() == brute and fill == 1.0
+    starts, fill = segment_windows(590, 599, 600, 16, 8, 0.5)               # short, at the session's end
+    assert starts.tolist() == [584] and fill == 10 / 16
+    assert segment_windows(0, 9, 600, 128, 64, 0.5)[0].size == 0           # fills 0.08 < min_fill: no window
+
+
+def test_activities_task_and_default_split(tmp_path):
+    root = write_folder(tmp_path, users=tuple(range(1, 31)))
+    cfg = load_config(overrides=["data.name=hapt", f"data.hapt.root={root}", "data.length=64",
+                                 "data.hapt.task=activities"]).data
+    splits = build_splits(cfg)
+    assert splits.class_names == ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING",
+                                  "LAYING"]
+    assert splits.length == 64 and splits.train.x.shape[-1] == 64           # resampled 128 -> 64
+    assert splits.split["test_subjects"] == [2, 4, 9, 10, 12, 13, 18, 20, 24]   # UCI-HAR's
+    assert splits.split["val_subjects"] == [28, 29, 30]
+    assert set(np.unique(splits.train.labels)) == {0, 3}                    # the transition is not a class here
+
+
+def test_info_command_prints_windows_per_class(tmp_path):
+    root = write_folder(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cli_main(["info", "--dataset", "hapt", f"hapt.root={root}", "test_subjects=[1]", "val_subjects=[2]"])
+    info = json.loads(out.getvalue())
+    assert info["num_channels"] == 6 and info["subjects"]["test"] == [1]
+    assert info["windows_per_class"]["WALKING"] == 15 and info["windows_per_class"]["STAND_TO_SIT"] == 5
+
+
+def test_missing_root_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="data.hapt.root"):
+        load_config(overrides=["data.name=hapt"])
+    with pytest.raises(ConfigError, match="no RawData"):
+        load_config(overrides=["data.name=hapt", f"data.hapt.root={tmp_path}"])
+
+
+def break_file(root: Path, name: str, edit) -> None:
+    path = root / "RawData" / name
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+@pytest.mark.parametrize("name,edit,message", [
+    ("acc_exp02_user02.txt", lambda ls: ls[:4] + ["1.0 2.0"] + ls[5:], r"acc_exp02_user02.txt, line 5: expected 3"),
+    ("gyro_exp01_user01.txt", lambda ls: ls[:2] + ["1.0 x 3.0"] + ls[3:], r"gyro_exp01_user01.txt, line 3: not a number"),
+    ("labels.txt", lambda ls: ls[:1] + ["1 1 13 300 379"] + ls[2:], r"labels.txt, line 2: unknown activity id 13"),
+    ("labels.txt", lambda ls: ls[:2] + ["1 1 4 380 600"] + ls[3:], r"labels.txt, line 3: segment ends at sample 600"),
+    ("labels.txt", lambda ls: ls + ["1 1 4"], r"labels.txt, line 16: expected 5 non-negative integers"),
+    ("labels.txt", lambda ls: ls + ["9 1 4 0 10"], r"labels.txt, line 16: experiment 9 has no acc/gyro"),
+    ("acc_exp03_user03.txt", lambda ls: ls[:-1], r"has 599 rows but .*gyro_exp03_user03.txt has 600"),
+])
+def test_bad_files_name_the_file_and_line(tmp_path, name, edit, message):
+    root = write_folder(tmp_path)
+    break_file(root, name, edit)
+    with pytest.raises(DataError, match=message):
+        read_sessions(root)
+
+
+def test_a_session_without_its_gyro_file(tmp_path):
+    root = write_folder(tmp_path)
+    (root / "RawData" / "gyro_exp04_user04.txt").unlink()
+    with pytest.raises(DataError, match=r"acc_exp04_user04.txt has no gyro file"):
+        read_sessions(root)
+
+
+def test_hapt_text_shares_the_transitions_phases(tmp_path):
+    """The 12 classes' sub-actions: each transition starts and ends on its postures' own entries and shares
+    its movements with the transitions that make them (stand-to-lie sits down as stand-to-sit does)."""
+    from kd.data.hapt import ACTIVITIES
+    from kd.text import build_text_bank
+    from kd.config import TextConfig
+    bank = build_text_bank(TextConfig(cache_dir=str(tmp_path / "text")), list(ACTIVITIES), "hapt")
+    idx = {name: [int(i) for i in bank.class_index[c] if i >= 0] for c, name in enumerate(ACTIVITIES)}
+    posture = {p: idx[p][0] for p in ("SITTING", "STANDING", "LAYING")}
+    for name, (start, end) in {"STAND_TO_SIT": ("STANDING", "SITTING"), "SIT_TO_STAND": ("SITTING", "STANDING"),
+                               "SIT_TO_LIE": ("SITTING", "LAYING"), "LIE_TO_SIT": ("LAYING", "SITTING"),
+                               "STAND_TO_LIE": ("STANDING", "LAYING"), "LIE_TO_STAND": ("LAYING", "STANDING")}.items():
+        assert idx[name][0] == posture[start] and idx[name][-1] == posture[end], name
+    assert idx["STAND_TO_LIE"][1:3] == idx["STAND_TO_SIT"][1:3]            # sitting down, seat contact
+    assert idx["STAND_TO_LIE"][3] == idx["SIT_TO_LIE"][1]                  # lying back
+    assert idx["LIE_TO_STAND"][1:3] == idx["LIE_TO_SIT"][1:3]              # sitting up, legs down
+    assert idx["LIE_TO_STAND"][3:6] == idx["SIT_TO_STAND"][1:4]            # lean, rise, straighten
+    walking = set(idx["WALKING"]) | set(idx["WALKING_UPSTAIRS"]) | set(idx["WALKING_DOWNSTAIRS"])
+    assert len(walking) == 10                                              # gait phases are not merged
+    assert bank.M == len(set(bank.vocab_texts)) == 29
