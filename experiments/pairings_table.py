@@ -67,7 +67,7 @@ def row(results: Path, study: str, method: str, section: str, what: str) -> Dict
     return {"study": study, "method": method, "section": section, "what": what,
             "code": (data.get("code") or {}).get("commit"), "units": cmp["n_units"],
             "macro_f1": m["macro_f1"]["mean"], "macro_f1_sd": m["macro_f1"]["sd"], "teacher_macro_f1": teacher,
-            "diff": cmp["diff_mean"], "ci95": cmp["diff_ci95"], "p": cmp["p_sign_flip"],
+            "diff": cmp["diff_mean"], "ci95": cmp["diff_ci95_corrected"], "p": cmp["p"],
             "wins": cmp["wins"], "losses": cmp["losses"]}
 
 

@@ -43,7 +43,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from kd.config import (IGNORED_FOR_RERUN, TEACHING_KEYS, ConfigError, comparable, config_diffs, config_from_dict,
                        load_config)
 from kd.contract import teacher_outputs
-from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, sign_flip_p, summary
+from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, corrected_t, sign_flip_p, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("macro_f1", "accuracy")
@@ -381,8 +381,17 @@ def per_subject(units: Dict[Tuple[int, int], Dict], metric: str) -> Dict[str, fl
     return {k: float(np.mean(v)) for k, v in sorted(by.items(), key=lambda kv: int(kv[0]))}
 
 
-def compare_paired(units: Dict, ref: Dict, metric: str, n_boot: int) -> Optional[Dict]:
-    """Paired difference method - reference over the (fold, seed) units both have."""
+def test_train_ratio(folds: List[Dict]) -> float:
+    """Test over training subjects of a fold, averaged over folds: the overlap term of the corrected t-test
+    (a fold's training subjects are every subject in neither its test nor its validation split)."""
+    subjects = {s for f in folds for s in f["test"]} | {s for f in folds for s in f["val"]}
+    return float(np.mean([len(f["test"]) / (len(subjects) - len(f["test"]) - len(f["val"])) for f in folds]))
+
+
+def compare_paired(units: Dict, ref: Dict, metric: str, n_boot: int, ratio: float) -> Optional[Dict]:
+    """Paired difference method - reference over the (fold, seed) units both have. The claim's p and CI are
+    the corrected t-test's (`p`, `diff_ci95_corrected`; kd/stats.py says why); the cluster bootstrap CI and
+    the sign-flip p (which counts every unit as independent, so it is too small) stay as diagnostics."""
     keys = sorted(set(units) & set(ref))
     if not keys:
         return None
@@ -396,9 +405,12 @@ def compare_paired(units: Dict, ref: Dict, metric: str, n_boot: int) -> Optional
     else:
         p, p_units = sign_flip_p([np.mean(v) for v in by_fold.values()]), "fold (seed mean)"
     ci = cluster_bootstrap_ci(by_fold, n_boot=n_boot)
+    t = corrected_t(float(d.mean()), summary(d)["sd"], len(d), ratio) if len(d) > 1 else None
     return {"n_units": len(keys), "method_mean": float(np.mean([units[k][metric] for k in keys])),
             "reference_mean": float(np.mean([ref[k][metric] for k in keys])),
             "diff_mean": float(d.mean()), "diff_sd": summary(d)["sd"],
+            "p": t["p"] if t else None, "diff_ci95_corrected": [t["low"], t["high"]] if t else None,
+            "test_train_ratio": ratio,
             "diff_ci95": [ci["low"], ci["high"]], "p_sign_flip": p, "p_units": p_units,
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum()),
             "diff_by_fold": {str(f): float(np.mean(v)) for f, v in sorted(by_fold.items())}}
@@ -417,6 +429,7 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
     ref = got[spec.reference]
     code_file = Path(spec.root) / "code.json"         # written when the runs were started
     code = json.loads(code_file.read_text()) if code_file.is_file() else {"commit": None, "dirty": None}
+    ratio = test_train_ratio(folds)
     out = {"study": spec.name, "code": code, "scheme": spec.scheme, "folds": folds, "seeds": list(spec.seeds),
            "reference": spec.reference, "methods": {}, "comparisons": {}}
     for name, units in got.items():
@@ -440,8 +453,8 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
                                                     for f, h in health.items()}
         out["methods"][name] = entry
         if name != spec.reference:
-            out["comparisons"][name] = {m: compare_paired(units, ref, m, spec.n_boot) for m in METRICS}
-    out["contrasts"] = {f"{a} - {b}": {m: compare_paired(got[a], got[b], m, spec.n_boot) for m in METRICS}
+            out["comparisons"][name] = {m: compare_paired(units, ref, m, spec.n_boot, ratio) for m in METRICS}
+    out["contrasts"] = {f"{a} - {b}": {m: compare_paired(got[a], got[b], m, spec.n_boot, ratio) for m in METRICS}
                         for a, b in spec.contrasts if got[a] and got[b]}
     head = spec.headline or next(m for m in spec.methods if m != spec.reference)
     h, c = out["methods"][head], out["comparisons"].get(head, {}).get("macro_f1")
@@ -452,7 +465,8 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
                     "baseline_macro_f1": c["reference_mean"],
                     "teacher_macro_f1": float(np.mean([v for f, v in teacher.items() if int(f) in paired_folds]))
                     if teacher else None,
-                    "diff_mean": c["diff_mean"], "diff_ci95": c["diff_ci95"], "p_sign_flip": c["p_sign_flip"]})
+                    "diff_mean": c["diff_mean"], "diff_ci95": c["diff_ci95"], "p": c["p"],
+                    "diff_ci95_corrected": c["diff_ci95_corrected"], "p_sign_flip": c["p_sign_flip"]})
     return out
 
 
@@ -460,7 +474,8 @@ def table_md(rep: Dict) -> str:
     lines = [f"Study `{rep['study']}`: {len(rep['folds'])} folds ({rep['scheme']}) x seeds {rep['seeds']} planned "
              f"(`runs`: the (fold, seed) runs finished); "
              f"macro-F1 on held-out subjects, mean ± sample sd over fold means; paired difference against "
-             f"`{rep['reference']}` over (fold, seed) units, 95 % cluster-bootstrap CI, exact sign-flip p.", "",
+             f"`{rep['reference']}` over (fold, seed) units with the corrected resampled t-test's 95 % CI and p "
+             f"(Nadeau & Bengio 2003; kd/stats.py).", "",
              "| method | runs | macro-F1 | accuracy | teacher macro-F1 | Δ macro-F1 vs reference [95 % CI] | p | wins/losses |",
              "|---|---|---|---|---|---|---|---|"]
     for name, e in rep["methods"].items():
@@ -470,8 +485,7 @@ def table_md(rep: Dict) -> str:
         f1, acc = e["macro_f1"], e["accuracy"]
         t = e.get("teacher", {}).get("macro_f1")
         c = rep["comparisons"].get(name, {}).get("macro_f1") if name in rep["comparisons"] else None
-        cmp = (f"{c['diff_mean']:+.3f} [{c['diff_ci95'][0]:+.3f}, {c['diff_ci95'][1]:+.3f}] | {c['p_sign_flip']:.3f} "
-               f"| {c['wins']}/{c['losses']}") if c else "reference | | "
+        cmp = f"{ci_text(c)} | {c['wins']}/{c['losses']}" if c else "reference | | "
         teacher = f"{t['mean']:.3f} ± {t['sd']:.3f}" if t else "–"
         lines.append(f"| {name} | {e['runs_done']} | {f1['mean']:.3f} ± {f1['sd']:.3f} | {acc['mean']:.3f} ± "
                      f"{acc['sd']:.3f} | {teacher} | {cmp} |")
@@ -479,9 +493,16 @@ def table_md(rep: Dict) -> str:
         lines += ["", "| contrast | units | Δ macro-F1 [95 % CI] | p | wins/losses |", "|---|---|---|---|---|"]
         for name, c in rep["contrasts"].items():
             c = c["macro_f1"]
-            lines.append(f"| {name} | {c['n_units']} | {c['diff_mean']:+.3f} [{c['diff_ci95'][0]:+.3f}, "
-                         f"{c['diff_ci95'][1]:+.3f}] | {c['p_sign_flip']:.3f} | {c['wins']}/{c['losses']} |")
+            lines.append(f"| {name} | {c['n_units']} | {ci_text(c)} | {c['wins']}/{c['losses']} |")
     return "\n".join(lines) + "\n"
+
+
+def ci_text(c: Dict) -> str:
+    """`diff [low, high] | p` of a comparison, with the corrected test's CI and p (one unit: no test)."""
+    if c["p"] is None:
+        return f"{c['diff_mean']:+.3f} | "
+    low, high = c["diff_ci95_corrected"]
+    return f"{c['diff_mean']:+.3f} [{low:+.3f}, {high:+.3f}] | {c['p']:.3f}"
 
 
 def plot_paired(rep: Dict, path: Path) -> None:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from kd import cv
 from kd.config import ConfigError
-from kd.stats import sign_flip_p
+from kd.stats import corrected_t, sign_flip_p
 from tests.conftest import TINY
 
 ROOT = cv.ROOT
@@ -108,6 +108,9 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     c = rep["comparisons"]["kd"]["macro_f1"]
     assert c["diff_mean"] == pytest.approx(np.mean(diffs)) and c["n_units"] == 4
     assert c["p_sign_flip"] == pytest.approx(sign_flip_p(diffs))
+    t = corrected_t(np.mean(diffs), np.std(diffs, ddof=1), 4, 3 / 2)     # 3 test, 2 training subjects a fold
+    assert c["test_train_ratio"] == pytest.approx(1.5)
+    assert c["p"] == pytest.approx(t["p"]) and c["diff_ci95_corrected"] == pytest.approx([t["low"], t["high"]])
     assert c["diff_ci95"][0] <= c["diff_mean"] <= c["diff_ci95"][1]
     fold_means = [np.mean([score["alone", f, s] for s in (0, 1)]) for f in (0, 1)]
     assert rep["methods"]["alone"]["macro_f1"]["mean"] == pytest.approx(np.mean(fold_means))

@@ -20,8 +20,8 @@ def test_every_listed_row_is_paired_against_the_shared_student_alone_runs():
 
 
 def _study(tmp_path, reference_mean, units=30):
-    cmp = {"n_units": units, "reference_mean": reference_mean, "diff_mean": 0.01, "diff_ci95": [-0.02, 0.04],
-           "p_sign_flip": 0.5, "wins": 16, "losses": 14}
+    cmp = {"n_units": units, "reference_mean": reference_mean, "diff_mean": 0.01, "diff_ci95_corrected": [-0.02, 0.04],
+           "p": 0.5, "wins": 16, "losses": 14}
     data = {"code": {"commit": "abc"}, "comparisons": {"m": {"macro_f1": cmp}},
             "methods": {"m": {"macro_f1": {"mean": reference_mean + 0.01, "sd": 0.05}}}}
     (tmp_path / "cv_x.json").write_text(json.dumps(data))

@@ -63,3 +63,20 @@ def test_cluster_bootstrap_is_wider_than_pretending_units_are_independent():
     assert clustered["high"] - clustered["low"] > 1.8 * (flat["high"] - flat["low"])
     constant = cluster_bootstrap_ci({0: [0.03, 0.03], 1: [0.03]})
     assert constant["low"] == pytest.approx(0.03) and constant["high"] == pytest.approx(0.03)
+
+
+def test_corrected_t_matches_its_formula_and_its_ci_agrees_with_its_p():
+    from scipy import stats as st
+    from kd.stats import corrected_t
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.02, 0.05, size=30)
+    r = corrected_t(d.mean(), d.std(ddof=1), 30, 0.25)
+    se = np.sqrt((1 / 30 + 0.25) * d.var(ddof=1))
+    assert r["t"] == pytest.approx(d.mean() / se) and r["df"] == 29
+    assert r["p"] == pytest.approx(2 * st.t.sf(abs(d.mean() / se), 29))
+    # ratio 0 is the ordinary one-sample t-test
+    assert corrected_t(d.mean(), d.std(ddof=1), 30, 0.0)["p"] == pytest.approx(st.ttest_1samp(d, 0).pvalue)
+    for mean in np.linspace(-0.05, 0.05, 41):                   # p < 0.05 exactly when the CI leaves out 0
+        c = corrected_t(mean, 0.05, 30, 0.25)
+        assert (c["p"] < 0.05) == (c["low"] > 0 or c["high"] < 0)
+    assert corrected_t(0.01, 0.05, 30, 0.25)["p"] > corrected_t(0.01, 0.05, 30, 0.0)["p"]   # overlap widens
