@@ -18,8 +18,9 @@ plus overrides each), the reference they are compared to, the folds and the seed
    from its last finished epoch (resume=true);
 5. writes <root>/cv.json, <root>/table.md and <root>/paired.png: per-fold and per-subject macro-F1
    and accuracy, mean ± sample sd over folds, and for every method against the reference the
-   paired difference over (fold, seed) units with a 95 % two-stage cluster-bootstrap CI and an
-   exact sign-flip p (kd/stats.py).
+   paired difference over (fold, seed) units with the corrected resampled t-test's 95 % CI and p
+   (the claim's test: they agree), beside a two-stage cluster-bootstrap CI and an exact sign-flip p
+   (diagnostics; kd/stats.py says why the sign-flip p is too small).
 """
 from __future__ import annotations
 
