@@ -44,6 +44,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from kd.config import (IGNORED_FOR_RERUN, TEACHING_KEYS, ConfigError, comparable, config_diffs, config_from_dict,
                        load_config)
 from kd.contract import teacher_outputs
+from kd.metrics import per_class_f1
 from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, corrected_t, sign_flip_p, summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,8 +364,16 @@ def collect(spec, folds, runs: List[Run]) -> Dict:
         fold, seed = rest[4:].split("_s")
         scores = method_scores(r)
         out[method][(int(fold), int(seed))] = {
-            **{m: scores[m] for m in METRICS}, "per_subject": scores.get("per_subject", {}), "teacher": r.get("teacher")}
+            **{m: scores[m] for m in METRICS}, "per_subject": scores.get("per_subject", {}), "teacher": r.get("teacher"),
+            "per_class_f1": per_class_f1(np.array(scores["confusion"]), scores["class_names"])}
     return out
+
+
+def class_f1_means(units: Dict[Tuple[int, int], Dict]) -> Dict[str, Optional[float]]:
+    """Each class's F1 averaged over the units where it occurs (rare classes: are they helped?)."""
+    names = next(iter(units.values()))["per_class_f1"]
+    vals = {c: [u["per_class_f1"][c] for u in units.values() if u["per_class_f1"][c] is not None] for c in names}
+    return {c: float(np.mean(v)) if v else None for c, v in vals.items()}
 
 
 def fold_means(units: Dict[Tuple[int, int], Dict], metric: str) -> Dict[int, float]:
@@ -444,9 +453,12 @@ def report(spec, folds: List[Dict], runs: List[Run]) -> Dict:
             entry[metric] = {**summary(list(fm.values())), "by_fold": {str(k): v for k, v in fm.items()},
                              "unit_sd": summary([u[metric] for u in units.values()])["sd"],
                              "per_subject": per_subject(units, metric)}
+        entry["per_class_f1"] = class_f1_means(units)
         teacher = {f: u["teacher"] for (f, _), u in sorted(units.items()) if u["teacher"]}   # one per fold
         if teacher:
             entry["teacher"] = {m: summary([t[m] for t in teacher.values()]) for m in METRICS}
+            entry["teacher"]["per_class_f1"] = class_f1_means(
+                {f: {"per_class_f1": per_class_f1(np.array(t["confusion"]), t["class_names"])} for f, t in teacher.items()})
             entry["teacher"]["by_fold"] = {str(f): t["macro_f1"] for f, t in teacher.items()}
             health = {str(f): t["health"] for f, t in teacher.items() if "health" in t}
             if health:      # the VQShape teacher's health per fold (teachers/health.py)

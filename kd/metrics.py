@@ -1,7 +1,7 @@
 """Classification metrics on gathered predictions (numpy, no sklearn dependency)."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -22,8 +22,16 @@ def macro_f1(cm: np.ndarray) -> float:
     return float(f1[present].mean()) if present.any() else 0.0
 
 
+def per_class_f1(cm: np.ndarray, class_names: List[str]) -> Dict[str, Optional[float]]:
+    """F1 of each class; None for a class neither in the true labels nor in the predictions."""
+    tp = np.diag(cm).astype(float)
+    both = (cm.sum(1) + cm.sum(0)).astype(float)
+    return {name: (float(2 * tp[k] / both[k]) if both[k] > 0 else None) for k, name in enumerate(class_names)}
+
+
 def classification_report(y_true, y_pred, class_names: List[str]) -> Dict:
     cm = confusion_matrix(y_true, y_pred, len(class_names))
     n = int(cm.sum())
     return {"accuracy": float(np.trace(cm) / n) if n else 0.0, "macro_f1": macro_f1(cm),
+            "per_class_f1": per_class_f1(cm, class_names),
             "n": n, "confusion": cm.tolist(), "class_names": list(class_names)}

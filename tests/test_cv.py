@@ -112,6 +112,13 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     assert c["test_train_ratio"] == pytest.approx(1.5)
     assert c["p"] == pytest.approx(t["p"]) and c["diff_ci95_corrected"] == pytest.approx([t["low"], t["high"]])
     assert c["diff_ci95"][0] <= c["diff_mean"] <= c["diff_ci95"][1]
+    from kd.metrics import per_class_f1
+    f1 = [per_class_f1(np.array(r["confusion"]), r["class_names"]) for r in
+          (json.loads((root / "alone" / f"fold{f}_s{s}" / "results.json").read_text())["baseline"]
+           for f in (0, 1) for s in (0, 1))]
+    first = next(iter(f1[0]))                                          # the first class
+    present = [u[first] for u in f1 if u[first] is not None]
+    assert rep["methods"]["alone"]["per_class_f1"][first] == pytest.approx(np.mean(present))
     fold_means = [np.mean([score["alone", f, s] for s in (0, 1)]) for f in (0, 1)]
     assert rep["methods"]["alone"]["macro_f1"]["mean"] == pytest.approx(np.mean(fold_means))
     assert rep["methods"]["alone"]["macro_f1"]["sd"] == pytest.approx(np.std(fold_means, ddof=1))

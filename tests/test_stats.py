@@ -80,3 +80,13 @@ def test_corrected_t_matches_its_formula_and_its_ci_agrees_with_its_p():
         c = corrected_t(mean, 0.05, 30, 0.25)
         assert (c["p"] < 0.05) == (c["low"] > 0 or c["high"] < 0)
     assert corrected_t(0.01, 0.05, 30, 0.25)["p"] > corrected_t(0.01, 0.05, 30, 0.0)["p"]   # overlap widens
+
+
+def test_per_class_f1_by_hand_and_macro_f1_is_its_mean():
+    from kd.metrics import classification_report, macro_f1, per_class_f1
+    cm = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])       # class c: absent from labels and predictions
+    f1 = per_class_f1(cm, ["a", "b", "c"])
+    assert f1["a"] == pytest.approx(2 * 3 / (4 + 3)) and f1["b"] == pytest.approx(2 * 2 / (2 + 3)) and f1["c"] is None
+    assert macro_f1(cm) == pytest.approx((f1["a"] + f1["b"]) / 2)
+    rep = classification_report(np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 0, 1, 1, 1]), ["a", "b", "c"])
+    assert rep["per_class_f1"] == f1
