@@ -152,3 +152,16 @@ def test_hapt_text_shares_the_transitions_phases(tmp_path):
     walking = set(idx["WALKING"]) | set(idx["WALKING_UPSTAIRS"]) | set(idx["WALKING_DOWNSTAIRS"])
     assert len(walking) == 10                                              # gait phases are not merged
     assert bank.M == len(set(bank.vocab_texts)) == 29
+
+
+def test_the_anchor_config_trains_on_a_hapt_folder(tmp_path):
+    import distill
+    root = write_folder(tmp_path / "hapt")
+    run_dir = tmp_path / "run"
+    distill.main(["--config", "configs/hapt/uci_har_wrn16_1.yaml", f"data.hapt.root={root}", "data.test_subjects=[1]",
+                  "data.val_subjects=[2]", "data.batch_size=8", "train.max_steps=2", "train.epochs=1",
+                  f"run_dir={run_dir}"])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["data"]["task"] == "activities" and results["baseline"]["n"] == 5     # user 1: 3 + 2 windows
+    assert set(results["baseline"]["per_class_f1"]) == {"WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS",
+                                                         "SITTING", "STANDING", "LAYING"}
