@@ -249,9 +249,9 @@ def test_npz_nonfinite_names_window_and_channel(tmp_path):
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(ValueError, match="'nope'.*npz.*synthetic.*watch"):
+    with pytest.raises(ValueError, match="'nope'.*hapt.*npz.*synthetic.*watch"):
         build_splits(DataConfig(name="nope"))
-    assert set(DATASETS) == {"watch", "npz", "synthetic"}
+    assert set(DATASETS) == {"watch", "npz", "synthetic", "hapt"}
 
 
 # --------------------------------------------------------------------------- synthetic
