@@ -7,7 +7,7 @@ keys, so a typo is an error that names the key.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -581,7 +581,10 @@ def check_topo(t: DictConfig) -> None:
         raise ConfigError(f"teacher.topo.dropout={t.dropout} must lie in [0, 1)")
 
 
-KD_LOSS_KEYS = ("logit_kd", "attr", "code_kl", "action_kl", "sub_kl", "feature", "sp")
+# The KD loss sections of the schema, in declaration order: every KDConfig field that is a LossConfig (the loss
+# registry, kd.losses.LOSSES, has one entry per section: tests/test_config.py).
+KD_LOSS_KEYS = tuple(f.name for f in fields(KDConfig)
+                     if callable(f.default_factory) and isinstance(f.default_factory(), LossConfig))
 
 
 def check_kd(kd: DictConfig, source_names: List[str]) -> None:
