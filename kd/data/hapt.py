@@ -61,16 +61,15 @@ class Session:
 
 def read_rows(path: Path) -> np.ndarray:
     """A whitespace table of x y z rows -> float64 (T, 3); a DataError naming the file and line otherwise."""
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        fields = line.split()
+    rows = [line.split() for line in path.read_text().splitlines()]
+    for i, fields in enumerate(rows):
         if len(fields) != 3:
-            raise DataError(f"{path}, line {i + 1}: expected 3 numbers (x y z), got {len(fields)} fields: {line!r}")
+            raise DataError(f"{path}, line {i + 1}: expected 3 numbers (x y z), got {len(fields)} fields: {fields}")
     try:                             # re-raised with the file and line: a cell that is not a number
-        table = np.array(" ".join(lines).split(), dtype=np.float64).reshape(-1, 3)
+        table = np.array(rows, dtype=np.float64).reshape(-1, 3)
     except ValueError:
-        bad = next(i for i, line in enumerate(lines) if not all(_is_number(f) for f in line.split()))
-        raise DataError(f"{path}, line {bad + 1}: not a number in {lines[bad]!r}") from None
+        bad = next(i for i, fields in enumerate(rows) if not all(map(_is_number, fields)))
+        raise DataError(f"{path}, line {bad + 1}: not a number in {rows[bad]}") from None
     bad = np.argwhere(~np.isfinite(table))
     if len(bad):
         raise DataError(f"{path}, line {bad[0][0] + 1}: a non-finite value (NaN or inf); clean or drop it")
