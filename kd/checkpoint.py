@@ -80,16 +80,9 @@ def read_checkpoint(path) -> Tuple[Dict[str, torch.Tensor], Dict]:
     return state, meta
 
 
-# Buffers of options retired at commit ceee45e (kd.config.RETIRED_OPTIONS: codebook_init, dead_code_threshold,
-# ce_class_weighted). A checkpoint written before holds them; with those options off (the only way its config
-# loads) they never changed what the model computes, so they are dropped.
-RETIRED_BUFFERS = ("initted", "usage", "class_weight")
-
-
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], where: str) -> None:
     """load_state_dict(strict) with a message that lists what differs."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own or k.rsplit(".", 1)[-1] not in RETIRED_BUFFERS}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"

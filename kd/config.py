@@ -6,7 +6,6 @@ keys, so a typo is an error that names the key.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -275,28 +274,6 @@ class SubKLConfig(LossConfig):
     context: int = 0                  # the student's sub-action head reads +-context time positions (0: its token)
 
 
-# Parameters every KD loss section carried before each loss held only its own; they had no effect on
-# the losses that do not read them, so a saved config's copies are dropped when it is read back.
-RETIRED_LOSS_KEYS = ("temperature", "attr_weights")
-# Model options retired, with the value that meant "off" and the last commit that has them. Measured not to
-# help: the span options (experiments/teacher_health.md section 6), sub_detach and teach_sub
-# (experiments/subactions.md sections 4 and 8), head_input and head_token_dim (experiments/RESULTS.md section 0c),
-# E-step emissions from the scores alone (align_emission scaled/posterior) and scores on one token
-# (sub_input token/code): subactions.md sections 4-6 and RESULTS.md 3b. Never measured to help, so
-# never a default: codebook_init, dead_code_threshold, ce_class_weighted, vocab_mix. A saved config holding
-# one at its "off" value is read without it (it built the same model); any other value names a model this
-# version cannot build.
-RETIRED_OPTIONS = {
-    "vqshape.span_layout": ("free", "b7a39b8"), "vqshape.span_grad": (False, "b7a39b8"),
-    "vqshape.span_input": ("token", "b7a39b8"), "vqshape.lambda_render": (0.0, "b7a39b8"),
-    "fusion.sub_detach": (False, "b7a39b8"), "vqshape.head_input": ("attributes", "ceee45e"),
-    "vqshape.head_token_dim": (16, "ceee45e"), "vqshape.codebook_init": ("uniform", "ceee45e"),
-    "vqshape.dead_code_threshold": (0.0, "ceee45e"), "vqshape.ce_class_weighted": (False, "ceee45e"),
-    "fusion.vocab_mix": ("sample", "ceee45e"), "fusion.teach_sub": ("scores", "ceee45e"),
-    "fusion.align_emission": ("codes", "390988e"), "fusion.sub_input": ("window", "390988e")}
-# Retired options only an aligned action branch read: any value of them built today's model when the saved
-# fusion.action_target is "attention" (the old defaults "scaled" and "token" are in every saved config).
-ALIGNMENT_ONLY = ("fusion.align_emission", "fusion.sub_input")
 ATTRIBUTES = ("z_e", "mu", "sigma", "t", "l")
 
 
@@ -454,9 +431,6 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
-        if key.split(".", 1)[-1] in RETIRED_OPTIONS:
-            raise ConfigError(f"{key} was retired (see the comment on RETIRED_OPTIONS in kd/config.py): remove "
-                              f"it, or run commit {RETIRED_OPTIONS[key.split('.', 1)[-1]][1]}, which has it") from None
         raise ConfigError(f"unknown config key {key!r} (check the spelling against kd/config.py)") from None
     except ValidationError as err:
         key = getattr(err, "full_key", None)
@@ -616,26 +590,20 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+# The last commit that reads configs and checkpoints written with options retired before it (a saved config
+# naming a key this version does not know was written by an older version: rerun it, or load it there).
+LAST_COMPATIBLE_COMMIT = "114434b"
+
+
 def config_from_dict(d: Dict[str, Any]) -> DictConfig:
     """Rebuild a validated config from a saved (resolved) dict, e.g. one stored with a checkpoint or a
-    run's config.yaml (RETIRED_LOSS_KEYS a loss does not read are dropped, and RETIRED_OPTIONS at their "off"
-    value)."""
-    d = copy.deepcopy(d)
-    schema = KDConfig()
-    for name, section in (d.get("kd") or {}).items():
-        if name in KD_LOSS_KEYS and isinstance(section, dict):
-            for key in RETIRED_LOSS_KEYS:
-                if not hasattr(getattr(schema, name), key):
-                    section.pop(key, None)
-    for side in ("teacher", "student"):
-        for dotted, (off, commit) in RETIRED_OPTIONS.items():
-            part, key = dotted.split(".")
-            section = (d.get(side) or {}).get(part) or {}
-            unread = dotted in ALIGNMENT_ONLY and section.get("action_target", "attention") == "attention"
-            if key in section and section.pop(key) != off and not unread:
-                raise ConfigError(f"this run was made with {side}.{dotted}, an option retired since (see "
-                                  f"RETIRED_OPTIONS in kd/config.py): rebuild or load it with commit {commit}")
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
+    run's config.yaml."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(d))
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+        raise ConfigError(f"the saved config has key {key!r}, which this version does not know: it was written by "
+                          f"an older version; rerun it, or load it with commit {LAST_COMPATIBLE_COMMIT}") from None
     validate_config(cfg)
     return cfg
 

@@ -1,7 +1,6 @@
 """Signal-only inference with an exported student: no teacher, no text.
 
     python -m kd.predict --model runs/default/student --npz windows.npz [--layout NTC]
-    python -m kd.predict --upgrade runs/old/student      # re-export a checkpoint from an older version
 
 Windows are resampled to the student's length; with `y` in the file, accuracy and macro-F1
 are printed too.
@@ -11,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint
-from kd.config import config_from_dict
+from kd.config import LAST_COMPATIBLE_COMMIT, config_from_dict
 from kd.data import resample
 from kd.metrics import classification_report
 from kd.workspace import Workspace
@@ -48,7 +47,8 @@ class Predictor(nn.Module):
             meta["num_actions"], freeze_shared=meta["role"] == "student")})
         if "workspace" not in meta:
             raise CheckpointError(f"{path} was exported before meta.json held the workspace's constructor "
-                                  f"arguments; re-export it once with: python -m kd.predict --upgrade {path}")
+                                  f"arguments: re-export it with commit {LAST_COMPATIBLE_COMMIT} "
+                                  f"(python -m kd.predict --upgrade {path}) or retrain it")
         if meta["workspace"]:
             self.model["workspace"] = Workspace(cfg.kd.workspace, **meta["workspace"])
         load_weights(self.model, state, str(path))
@@ -86,35 +86,15 @@ class Predictor(nn.Module):
         return [self.class_names[i] for i in self.logits(self.prepare(x, layout)).argmax(-1).tolist()]
 
 
-def upgrade(path: Union[str, Path]) -> Dict:
-    """Re-export a student checkpoint written before meta.json held the workspace's constructor
-    arguments: read them once off the saved weights' shapes and write them into meta.json (the weights
-    are untouched). Returns the new meta."""
-    state, meta = read_checkpoint(path)
-    if "workspace" not in meta:
-        old = meta.pop("workspace_sources", None)
-        meta["workspace"] = {"sources": old, "width": state["workspace.slot_prior"].shape[-1],
-                             "length": state[f"workspace.project.{old[0][0]}.tokens.weight"].shape[0]} if old else None
-        tmp = Path(path) / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(Path(path) / "meta.json")
-    return meta
-
-
 def main(argv: Optional[List[str]] = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="exported student directory")
     p.add_argument("--npz", help="file with X (and optionally y)")
     p.add_argument("--layout", default="NTC", choices=["NTC", "NCT"])
     p.add_argument("--eager", action="store_true", help="run the eager modules, not the fused inference form")
-    p.add_argument("--upgrade", metavar="DIR", help="re-export a student checkpoint written by an older version")
     args = p.parse_args(argv)
-    if args.upgrade:
-        upgrade(args.upgrade)
-        print(f"{args.upgrade}: meta.json now holds the workspace's constructor arguments")
-        return {}
     if not args.model or not args.npz:
-        p.error("--model and --npz are required (or --upgrade DIR)")
+        p.error("--model and --npz are required")
     if not Path(args.npz).is_file():
         raise FileNotFoundError(f"--npz {args.npz!r} does not exist")
     data = np.load(args.npz, allow_pickle=False)
