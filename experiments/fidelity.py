@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from kd.config import config_from_dict
 from kd.data import build_splits
-from kd.pipeline import load_teacher
+from kd.stages import load_teacher
 from kd.predict import Predictor
 from experiments.run_reports import finished_runs
 

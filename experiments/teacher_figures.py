@@ -5,7 +5,7 @@
 Writes shapes.png, token_windows.png, code_actions.png and (ordered or set alignment)
 subaction_windows.png into DIR (default: the teacher's own directory), and prints the alignment
 report (kd.recovery.alignment_report) and, on synthetic data, the token- and step-level sub-action
-recovery of the action decoder, the label-free scores and the Viterbi path (kd.pipeline.subaction_report:
+recovery of the action decoder, the label-free scores and the Viterbi path (kd.reports.subaction_report:
 the run's held-out split, and the validation subjects for the scores).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from kd.evaluate import load_run_teacher
-from kd.pipeline import subaction_report
+from kd.reports import subaction_report
 from teachers.interpret import write_teacher_artifacts
 
 

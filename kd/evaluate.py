@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd.config import config_from_dict
 from kd.data import Splits, build_splits
-from kd.pipeline import end_processes, load_teacher, teacher_dir, test_report
+from kd.pipeline import end_processes
+from kd.stages import load_teacher, teacher_dir
+from kd.reports import test_report
 from kd.predict import Predictor
 
 

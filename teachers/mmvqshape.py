@@ -66,7 +66,7 @@ def supcon_loss(sig: torch.Tensor, txt: torch.Tensor, y: torch.Tensor, valid: to
 class BinConvReader(nn.Module):
     """P_h over a window's time bins (B, N, width) -> (B, N, out): a 1x1 convolution to `hidden` channels,
     `layers` residual ReLU convolutions of width 5 (each reads 2 more bins either side), a 1x1 convolution out.
-    The reader the supervised probe found best on synthetic sub-actions (experiments/subaction_ceiling.py:
+    The reader the supervised probe found best on synthetic sub-actions (experiments/receipts/subaction_ceiling.py:
     three layers, 0.90 of the test tokens named given true labels, against 0.84 for an MLP on +-2 bins)."""
 
     def __init__(self, width: int, out: int, hidden: int, layers: int):
@@ -137,6 +137,10 @@ class MMVQShape(VQShape):
             self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
             self.code_emit = CodeEmissions(num_channels, M, cfg.num_code, fusion.align_code_decay,
                                            fusion.align_code_smoothing)
+
+    def frozen_parts(self) -> Dict[str, nn.Module]:
+        """The shape parts, plus the action codebook and decoder (a student's action tokens go through them)."""
+        return {**super().frozen_parts(), "action_codebook": self.action_codebook, "action_decoder": self.action_decoder}
 
     @staticmethod
     def check_text(num_classes, vocab_emb, class_index, class_mask, label_emb) -> None:

@@ -39,7 +39,8 @@ ORDERED = ["teacher.fusion.action_target=ordered"]
     ("vqshape", True, "wrn16_1", ORDERED), ("vqshape", True, "vqshape_student", ORDERED)])
 def test_declared_outputs_are_the_real_ones(t_arch, text, s_arch, extra, text_cache):
     from kd.data import build_splits
-    from kd.pipeline import build_distiller, sample_batch, text_tensors
+    from kd.pipeline import text_tensors
+    from kd.stages import build_distiller, sample_batch
     from teachers import build_teacher
     cfg, t_keys, s_keys = pairing_config(t_arch, text, s_arch, text_cache, extra)
     assert ("sub_logits" in t_keys) == bool(extra)                     # ordered alignment: label-free scores

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from kd.config import ConfigError, load_config
 from kd.engine import StageSpec, WeightAverage, fit
-from kd.pipeline import make_accelerator
+from kd.stages import make_accelerator
 from test_selection import ScriptedTask, ValData
 
 import pytest

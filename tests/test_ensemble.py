@@ -82,7 +82,7 @@ def test_an_ensemble_of_non_cnn_teachers_fails_at_load_naming_the_key():
 
 def test_teacher_checkpoint_round_trip_and_member_scores(tmp_path, text_cache):
     from kd.data import build_splits
-    from kd.pipeline import load_teacher
+    from kd.stages import load_teacher
     run_dir = tmp_path / "ens"
     args = ["--config", "configs/ensemble_wrn16_1.yaml", *TINY, "data.name=synthetic", f"run_dir={run_dir}",
             f"text.cache_dir={text_cache}"]

@@ -164,7 +164,7 @@ def test_cached_teacher_outputs_train_the_same_student(tmp_path, text_cache):
     from kd.config import load_config
     from kd.data import build_splits
     from kd.engine import TeacherCache
-    from kd.pipeline import load_teacher
+    from kd.stages import load_teacher
     config = Path("configs/default.yaml")
     t_dir, _ = run(config, tmp_path, text_cache, "stage=teacher")
     students = {}

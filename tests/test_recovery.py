@@ -68,7 +68,8 @@ def ordered_sub_kl_distiller(text_cache):
     """A CNN student of an ordered-alignment teacher (tiny, untrained) distilling its label-free scores."""
     from kd.config import load_config
     from kd.data import build_splits
-    from kd.pipeline import build_distiller, text_tensors
+    from kd.pipeline import text_tensors
+    from kd.stages import build_distiller
     from teachers import build_teacher
     cfg = load_config("configs/synthetic_smoke.yaml", [*TINY, f"text.cache_dir={text_cache}", *ORDERED_SUB_KL])
     splits = build_splits(cfg.data)
@@ -84,7 +85,7 @@ ORDERED_SUB_KL = ["teacher.fusion.action_target=ordered", "kd.sub_kl.weight=1.0"
 def test_sub_kl_gradient_reaches_the_head_adapter_and_student_only(text_cache):
     """sub_kl trains the student's sub-action head, the token adapter under it and the student network;
     never the teacher, the frozen codebook or the frozen action decoder."""
-    from kd.pipeline import sample_batch
+    from kd.stages import sample_batch
     distiller, teacher, splits = ordered_sub_kl_distiller(text_cache)
     batch = sample_batch(splits.train, 4)
     with torch.no_grad():

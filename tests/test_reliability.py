@@ -20,7 +20,8 @@ from kd.checkpoint import CheckpointError, read_checkpoint, save_model
 from kd.config import load_config
 from kd.data import build_splits
 from kd.engine import NonFiniteLoss, StageSpec, fit
-from kd.pipeline import RunDirError, load_teacher, make_accelerator, prepare_run_dir
+from kd.pipeline import RunDirError, prepare_run_dir
+from kd.stages import load_teacher, make_accelerator
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import distill
 from kd.checkpoint import CheckpointError
 from kd.config import ConfigError, load_config
 from kd.engine import StageSpec, evaluate, eval_loader, fit
-from kd.pipeline import make_accelerator
+from kd.stages import make_accelerator
 
 
 class ValData(torch.utils.data.Dataset):

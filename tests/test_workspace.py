@@ -62,7 +62,8 @@ def test_alignment_trains_student_attention_and_slots():
 @pytest.fixture(scope="module")
 def tiny_pair():
     from kd.data import build_splits
-    from kd.pipeline import build_distiller, text_tensors
+    from kd.pipeline import text_tensors
+    from kd.stages import build_distiller
     from teachers import build_teacher
     cfg = load_config("configs/synthetic_smoke.yaml", ["text.cache_dir=.cache/text"])
     splits = build_splits(cfg.data)
@@ -102,7 +103,7 @@ def test_teacher_never_reaches_the_optimizer_nor_changes(tiny_pair):
 
 def test_dynamic_coefficients_weight_the_source_terms(tiny_pair):
     from omegaconf import OmegaConf
-    from kd.pipeline import build_distiller
+    from kd.stages import build_distiller
     cfg, splits, teacher, _ = tiny_pair
     cfg = copy.deepcopy(cfg)          # the module's config is shared by every test here: change a copy
     OmegaConf.update(cfg, "kd.workspace.prior_prob", 0.0)
@@ -126,7 +127,7 @@ def test_dynamic_coefficients_weight_the_source_terms(tiny_pair):
 
 def test_pairing_errors_say_what_differs(tiny_pair):
     cfg, splits, teacher, _ = tiny_pair
-    from kd.pipeline import build_distiller
+    from kd.stages import build_distiller
     bad = copy.deepcopy(cfg)
     bad.student.arch = "vqshape_student"
     bad.student.vqshape.num_token = 8
@@ -142,7 +143,7 @@ def test_pairing_errors_say_what_differs(tiny_pair):
 def test_no_teacher_baseline_is_plain_cross_entropy(tiny_pair):
     cfg, splits, _, _ = tiny_pair
     from kd.distiller import OwnLossTask
-    from kd.pipeline import new_student
+    from kd.stages import new_student
     base = OwnLossTask(new_student(cfg, splits))
     batch = batch_of(splits.train)
     terms, logs = base(batch, None)
@@ -157,7 +158,7 @@ def test_a_loss_bound_to_an_extra_teachers_source_reads_that_teacher(tiny_pair):
     from omegaconf import OmegaConf
     from kd.distiller import TeacherGroup
     from kd.losses import logit_kd_loss
-    from kd.pipeline import build_distiller
+    from kd.stages import build_distiller
     from students import build_student
     cfg, splits, teacher, _ = tiny_pair
     cfg = copy.deepcopy(cfg)
