@@ -193,7 +193,7 @@ class FusionConfig:
     # The sub-action scores read, for each token, the code, mean and std of every channel's tokens in its
     # time bin and in sub_context bins either side (MMVQShape.window_features): a motion is what all axes do
     # at once over a stretch of time (synthetic: one channel's attributes tell the sub-action for 0.40 of
-    # tokens, all channels' at one place for 0.70; experiments/subaction_ceiling.py).
+    # tokens, all channels' at one place for 0.70; experiments/receipts/subaction_ceiling.py).
     sub_context: int = 1            # time bins either side of the token's that the scores read
     # 0: the scores' projection P_h is an MLP on each token's window features (above); L > 0: L residual
     # convolutions of width 5 over the window's time bins (teachers/mmvqshape.py BinConvReader), which see
@@ -610,7 +610,7 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
 
 # How a trained text-guided teacher teaches (which keys, which sub-action targets), relative to the teacher
 # section: the pairing's choice, not part of what was trained. A checkpoint is taught from with the
-# pairing's values (kd.pipeline.load_teacher) and a study shares one teacher across them (kd.cv.teacher_key).
+# pairing's values (kd.stages.load_teacher) and a study shares one teacher across them (kd.cv.teacher_key).
 TEACHING_KEYS = ("fusion.teach_keys",)
 
 # Keys that may change between runs into one run_dir (what to do, not what is computed);

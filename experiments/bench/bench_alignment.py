@@ -8,7 +8,7 @@ within 2 time bins) and "realigned_conv" (the same scores read through 3 convolu
 fusion.sub_layers); steps interleaved (A, B, C, A, B, C, ...) in this one process so drift hits all alike.
 Prints the median step time of each and the ratios to "attention".
 
-    python -m experiments.bench_alignment [--steps 20] [--threads 2]
+    python -m experiments.bench.bench_alignment [--steps 20] [--threads 2]
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ explicitly; the project's scales once per side and uses the fused KL. Both run a
 process; prints the median and the minimum of each (the minimum is the steadier on a shared
 machine), their ratios, and the largest differences in value and gradient.
 
-    python -m experiments.bench_code_kl [--reps 20] [--threads 1]
+    python -m experiments.bench.bench_code_kl [--reps 20] [--threads 1]
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ epoch of the student training step (forward, backward, AdamW) over the lazily ge
 windows. Printed: build time, epoch time, windows/s and peak RSS. Also checks that the text
 embeddings of a run are computed once (a second run reads the on-disk cache and loads no model).
 
-    python -m experiments.bench_data [--sizes 1000,10000,100000]
+    python -m experiments.bench.bench_data [--sizes 1000,10000,100000]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_size(n: int) -> dict:

@@ -8,7 +8,7 @@ torch.inference_mode with torch.set_num_threads(1), after warm-up, --rounds roun
 every model in turn, each taking the median of --runs // --rounds calls; the latency printed is
 the median over rounds, so slow drift of the machine hits every model alike.
 
-    python -m experiments.bench_latency [--runs 600] [--rounds 6]
+    python -m experiments.bench.bench_latency [--runs 600] [--rounds 6]
 """
 from __future__ import annotations
 

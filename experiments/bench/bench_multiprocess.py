@@ -5,7 +5,7 @@ Runs `accelerate launch [--multi_gpu --num_processes 2] distill.py stage=teacher
 each takes half of every epoch's batches and (train.num_threads unset) uses
 CPUs / processes threads.
 
-    python -m experiments.bench_multiprocess [--epochs 2]
+    python -m experiments.bench.bench_multiprocess [--epochs 2]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(n: int, epochs: int, tmp: str) -> dict:

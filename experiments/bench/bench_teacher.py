@@ -8,7 +8,7 @@ extra cost of text fusion (MMVQShape vs VQShape) on 6-channel windows.
 The official code is not part of this project: check it out and point --official at it,
 e.g. the `vqshape/` package of github:YunshiWen/VQShape (needs `pip install einops`):
 
-    python -m experiments.bench_teacher --official /path/to/VQShape [--threads 2]
+    python -m experiments.bench.bench_teacher --official /path/to/VQShape [--threads 2]
 """
 from __future__ import annotations
 

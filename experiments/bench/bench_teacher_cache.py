@@ -7,7 +7,7 @@ process so drift hits both alike; each step is a full student step (teacher outp
 backward, AdamW). Prints the median step of each, the ratio, the one-off cost of filling the cache
 and its memory, and what a 570-step student stage costs either way.
 
-    python -m experiments.bench_teacher_cache TEACHER_DIR [--steps 20] [--threads 2]
+    python -m experiments.bench.bench_teacher_cache TEACHER_DIR [--steps 20] [--threads 2]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 from kd.config import load_config
 from kd.data import build_splits
 from kd.engine import TeacherCache
-from kd.pipeline import build_distiller, load_teacher
+from kd.stages import build_distiller, load_teacher
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@ windows: how peaked the chain posteriors are, whether they change along a window
 label-free sub-action scores point. A posterior that is peaked but the same for every token of a
 series means the chain explains each window with one sub-action.
 
-    python -m experiments.alignment_diagnosis runs/syn_health_ordered_code_s0 [--windows 48]
+    python -m experiments.receipts.alignment_diagnosis runs/syn_health_ordered_code_s0 [--windows 48]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 from kd.config import load_config
 from kd.data import build_splits
-from kd.pipeline import load_teacher
+from kd.stages import load_teacher
 
 
 def diagnose(run_dir: str, windows: int = 48) -> dict:

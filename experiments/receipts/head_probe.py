@@ -7,7 +7,7 @@ channel statistics on the training, validation and test windows are computed onc
 one-cycle schedule, batch 32, 30 epochs; seeds 0 and 1), the epoch chosen by validation macro-F1; its test
 macro-F1 is reported beside the teacher's own (its head trained with the teacher, on masked tokens).
 
-    python -m experiments.head_probe runs/cv/ensemble/teachers/vqshape_9f7e9149/fold0 [RUN_DIR ...] [--out FILE]
+    python -m experiments.receipts.head_probe runs/cv/ensemble/teachers/vqshape_9f7e9149/fold0 [RUN_DIR ...] [--out FILE]
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ number of steps; both scored on the held-out windows with teachers/health.py.
 The official code is not part of this project: check out github:YunshiWen/VQShape and point
 --official at the checkout (it needs `pip install einops`):
 
-    python -m experiments.official_health --official /path/to/VQShape [--steps 570] [--variants ...]
+    python -m experiments.receipts.official_health --official /path/to/VQShape [--steps 570] [--variants ...]
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ signal by construction, on every watch window and channel (z-normalised, data.le
 - random_free: N spans whose starts are uniform on [0, 1] and ignore the signal (slots unordered);
 - random_sorted: the same starts sorted, so slot k is the k-th earliest span.
 
-    python -m experiments.span_bound --num-token 32 --out experiments/results/span_bound.json
+    python -m experiments.receipts.span_bound --num-token 32 --out experiments/results/span_bound.json
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def main(argv=None) -> Dict[str, float]:
         print(f"{name:22s} span_t_std {v:.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"num_token": n, "series": len(x), "span_t_std": rows,
-                                              "command": f"python -m experiments.span_bound --num-token {n} "
+                                              "command": f"python -m experiments.receipts.span_bound --num-token {n} "
                                                          f"--out {args.out}"}, indent=1))
     return rows
 

@@ -1,7 +1,7 @@
 """Where a VQShape teacher's tokens sit: quantiles of span start t, length l and end min(t + l, 1)
 over the first --windows held-out windows (every channel and token), as fractions of the window.
 
-    python -m experiments.span_stats RUN_DIR [RUN_DIR ...] [--windows 64]
+    python -m experiments.receipts.span_stats RUN_DIR [RUN_DIR ...] [--windows 64]
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ windows: recovery under its own spans and under its teacher's spans (same head o
 agreement of head and teacher, the mean absolute error of t and l against the teacher's, and one window
 per class spelled out token by token (truth, teacher, student).
 
-    python -m experiments.student_spans runs/syn_rs130c2_tl1_s0 runs/syn_rs130c2_tl30_s0 [--out FILE]
+    python -m experiments.receipts.student_spans runs/syn_rs130c2_tl1_s0 runs/syn_rs130c2_tl30_s0 [--out FILE]
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from experiments.run_reports import main_over_runs
 from kd.evaluate import load_run
-from kd.pipeline import build_distiller, load_teacher, recovery_scorer
+from kd.stages import build_distiller, load_teacher
+from kd.reports import recovery_scorer
 from kd.recovery import argmax_agreement, student_tokens
 
 

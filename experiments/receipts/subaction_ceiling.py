@@ -19,7 +19,7 @@ span, kd.recovery.span_majority) it reports, on the test windows:
 Tokens of different channels are paired by their rank in span-centre order (tiling spans, as the
 health recipe's are, put the k-th token of every channel at the same place).
 
-    python -m experiments.subaction_ceiling runs/syn_health_ordered_code_s0 [--out results.json]
+    python -m experiments.receipts.subaction_ceiling runs/syn_health_ordered_code_s0 [--out results.json]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from kd.config import load_config
 from kd.data import build_splits
 from kd.data.synthetic import PRIMITIVES
 from kd.layers import neighbour_context
-from kd.pipeline import load_teacher
+from kd.stages import load_teacher
 from kd.recovery import span_majority, synthetic_vocab_map
 from kd.text import description_file
 from teachers.alignment import CodeEmissions, chain_viterbi, pool_bins, state_posteriors, tokens_to_vocabulary

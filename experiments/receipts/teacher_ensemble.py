@@ -6,7 +6,7 @@ and test windows, and scores the teachers one by one and the average of their cl
 student-alone runs of a study (`--alone`, `fold<k>_s<seed>/results.json`) give the bar a teacher has to
 clear on the same folds. No training: a screen of whether combining teachers is worth training students for.
 
-    python -m experiments.teacher_ensemble --teachers runs/cv/conv_head/teachers/vqshape_d092c5b6 \\
+    python -m experiments.receipts.teacher_ensemble --teachers runs/cv/conv_head/teachers/vqshape_d092c5b6 \\
         runs/cv/teacher_budget/teachers/vqshape_dc9e7b88 runs/cv/teacher_budget/teachers/vqshape_8a242248 \\
         --alone runs/cv/conv_head/alone --out experiments/results/teacher_ensemble.json
 """

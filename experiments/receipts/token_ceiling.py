@@ -2,7 +2,7 @@
 
 The teacher's head (`vqshape.head_arch: conv`, detached) reads each token's attributes (shape code z_q, mean,
 std, start, length). This asks whether a better reader of the same frozen teacher would be a better teacher:
-the convolutional head (kd.vqshape.TokenHead, trained as in experiments/head_probe.py: 30 epochs, the epoch
+the convolutional head (kd.vqshape.TokenHead, trained as in experiments/receipts/head_probe.py: 30 epochs, the epoch
 chosen on the validation subject, seeds 0 and 1) on other per-token inputs of the same forward pass, each
 channel's tokens in span order, and with two ways of training it on more varied windows:
 
@@ -14,7 +14,7 @@ channel's tokens in span order, and with two ways of training it on more varied 
   attributes, mixup        windows mixed in token space (lam ~ Beta(1, 1)), the loss mixed likewise
   attributes, roll         each window's token sequence shifted circularly by a random number of positions
 
-    python -m experiments.token_ceiling runs/cv/default_select/teachers/vqshape_310402b4/fold{0,1,2,3,4} \
+    python -m experiments.receipts.token_ceiling runs/cv/default_select/teachers/vqshape_310402b4/fold{0,1,2,3,4} \
         --out experiments/results/token_ceiling.json
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Dict
 import torch
 from torch.utils.data import DataLoader
 
-from experiments.head_probe import SEEDS, fit
+from experiments.receipts.head_probe import SEEDS, fit
 from experiments.run_reports import main_over_runs
 from kd.evaluate import load_run_teacher
 from kd.vqshape import TokenHead, in_span_order
