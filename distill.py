@@ -2,8 +2,8 @@
 
     accelerate launch distill.py [--config FILE] [key=value ...]
 
-With no arguments: the default pairing (configs/default.yaml) on seglearn's bundled
-smartwatch data, end to end. Outputs go to `run_dir` (see README.md).
+With no arguments: the default pairing (the schema's defaults, named by configs/default.yaml) on
+seglearn's bundled smartwatch data, end to end; `--print-config` prints every value instead. Outputs go to `run_dir` (see README.md).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from kd.config import load_config
+from kd.config import load_config, to_yaml
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -19,6 +19,7 @@ DEFAULT_CONFIG = "configs/default.yaml"
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"pairing YAML (default {DEFAULT_CONFIG})")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", help="config overrides as key=value (e.g. train.epochs=3)")
     return parser.parse_args(argv)
 
@@ -30,6 +31,9 @@ def health_summary(health: dict) -> dict:
 def main(argv=None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return {}
     from accelerate import PartialState
     from kd.pipeline import end_processes, run   # heavy imports after the config is known to be valid
     results = run(cfg)

@@ -115,43 +115,18 @@ class VQShapeConfig:
     lambda_ce: float = 1.0
     # Exact speed-up: decode each distinct code once (see kd/vqshape.py::ShapeDecoder).
     dedup_shape_decoder: bool = True
-    # Classification head also reads each channel's instance-norm statistics (mean, log std):
-    # the instance norm removes sensor orientation/intensity, which HAR needs.
-    head_channel_stats: bool = True
+    # Options past the official recipe (METHOD.md section 3; measured in experiments/teacher_health.md):
+    head_channel_stats: bool = True   # the head also reads each channel's instance-norm mean and log std
     head_hidden: int = 128
-    # "flat": an MLP over every token's numbers at once (one weight per token slot); "conv": convolutions
-    # over each channel's tokens in time order, pooled over time (kd/vqshape.py TokenHead)
-    head_arch: str = "flat"
-    # Health options (teachers/health.py; experiments/teacher_health.md has the before/after figures).
+    head_arch: str = "flat"           # "flat": an MLP over all tokens | "conv": convolutions over each channel's tokens in time
     pos_init_std: float = 1.0         # patch positions ~ N(0, std^2); 1 = the official nn.Embedding init
     decoder_cls_token: bool = True    # the official patch decoder prepends a learned class token
-    # "normalized": L_x and L_s on the instance-normalised series (the official code z-normalises every
-    # series before the model, so its losses are on this scale); "input": on the raw sensor scale,
-    # where a channel's weight is its variance.
-    loss_scale: str = "normalized"
-    # Extra shape loss MSE(s, znorm(target)) on the decoded shape itself: the scale sigma cannot hide a
-    # shape that does not follow its subsequence from it (0 = the official recipe).
-    lambda_shape_norm: float = 0.0
-    # The classification head reads detached attribute tokens: cross-entropy trains the head only and
-    # cannot drag spans and shapes onto one discriminative spot.
-    head_detach: bool = False
-    # What the shape code z_e is computed from. "token": the z head on the token h (the official
-    # model). "subsequence": a small encoder on the token's own subsequence x_n[t, t+l], resampled to
-    # len_s and z-normalised, with t and l detached (spans still learn from L_x and L_div only, as in
-    # the official code) -- the code then has to describe the subsequence the shape decoder is scored
-    # against (experiments/teacher_health.md, section 4).
-    code_input: str = "token"
-    # What output patch i of the patch decoder reads. "tokens" (official): token slot i -- the decoder has
-    # no positions, so a token's code has to carry which patch it owes, which a code read off the
-    # subsequence cannot. "spans": the mean of the tokens whose spans cover patch i's centre (soft
-    # edges) plus a learned embedding of patch i, so reconstruction is routed by where the spans are.
-    # "span_overlap": the same, each token weighted by the fraction of patch i its span covers (with
-    # "spans" a span can shrink to the patch centre it owns, leaving most of the window under no span).
-    decoder_input: str = "tokens"
-    # "tiling": each token slot's (t, l) logits get a learned offset that starts the N spans as a tiling
-    # of the window (slot i on [i/N, i/N + 2/N]); "none" (official): every slot starts near t = 0.5,
-    # l = 0.25, so at first every span reads the same subsequence.
-    span_init: str = "none"
+    loss_scale: str = "normalized"    # L_x, L_s on the instance-normalised series (official) | "input": sensor scale
+    lambda_shape_norm: float = 0.0    # MSE(decoded shape, znorm(subsequence)): sigma cannot hide a bad shape
+    head_detach: bool = False         # the head reads detached tokens: CE trains the head only
+    code_input: str = "token"         # z_e from the token (official) | "subsequence": from the span's own subsequence
+    decoder_input: str = "tokens"     # patch i reads token slot i (official) | "spans" / "span_overlap": the tokens over it
+    span_init: str = "none"           # every span starts near t = 0.5 (official) | "tiling": slot i on [i/N, i/N + 2/N]
 
 
 @dataclass
@@ -159,46 +134,32 @@ class FusionConfig:
     """Text guidance (MMVQShape): signal-text cross-attention, action decoder and codebook."""
     heads: int = 4
     vocab_prob: float = 0.5         # fraction of training samples whose keys are the whole vocabulary
-    teach_keys: str = "class"       # keys when teaching: "class" (privileged class text) | "vocab" (configs/default.yaml: RESULTS §0n)
+    # Keys of the signal-text attention when teaching: "vocab" = the whole sub-action vocabulary, as at test time,
+    # so the targets are a function of the window alone; "class" = the window's own class sentences (privileged
+    # text the student never sees). Student +0.024 [-0.006, +0.054] for "vocab" (30 units on watch; corrected
+    # p 0.46, unresolved; validation subjects +0.011: experiments/RESULTS.md section 0n).
+    teach_keys: str = "vocab"
     action_hidden: int = 64
     con_temperature: float = 0.1
     lambda_act: float = 1.0
     lambda_label: float = 1.0
     lambda_con: float = 0.5
     lambda_vq_action: float = 1.0
-    # Action branch target (teachers/alignment.py): "ordered" = forward-backward alignment of the
-    # window's tokens (by span centre) to its class's ordered sub-actions on a cyclic chain; "set" =
-    # the same emissions without the chain (each time bin's softmax over its class's entries: no
-    # order); "attention" = the signal-to-text attention
-    # weights (no sub-action scores are trained). The default stays "attention", the target every
-    # measured default run used: on the real teacher "ordered" does not recover sub-actions yet
-    # (experiments/subactions.md), so it is opt-in until it does.
+    # Ordered alignment (research, off by default: METHOD.md section 4, experiments/subactions.md). The action
+    # branch's target: "attention" = the signal-to-text attention weights; "ordered" = forward-backward alignment
+    # of the tokens to the class's ordered sub-actions; "set" = the same emissions without the chain.
     action_target: str = "attention"
     sub_dim: int = 64               # width of the token / sub-action projections the scores compare
     sub_temperature: float = 0.1    # scores = cos(P_h w, P_u e_m) / temperature (w: window_features)
     lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
     align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
     align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
-    # The E-step's emissions: a table log p(shape code | sub-action, channel) learned by online EM from the
-    # E-step's own posteriors (teachers/alignment.py CodeEmissions), the chain running once per window over
-    # N time bins that pool every channel's tokens, so the scores and the action decoder are trained on
-    # its targets without producing them. From this training step on, the chain reads the scores instead
-    # (log softmax(scores) - log prior averaged over each bin's tokens: hybrid-HMM realignment, which
-    # sharpens targets once the scores have learned the table's; too early and they reinforce their own
-    # first guess: synthetic 130 and 260 work, 50 collapses; experiments/subactions.md §8). None: never.
-    align_scores_from_step: Optional[int] = None
-    align_code_decay: float = 0.98      # counts are multiplied by this every training step
+    align_scores_from_step: Optional[int] = None   # E-step emissions from the scores from this step (None: the code table)
+    align_code_decay: float = 0.98      # code-table counts are multiplied by this every training step
     align_code_smoothing: float = 0.1   # added to every count before normalising over codes
     align_prior_momentum: float = 0.99
-    # The sub-action scores read, for each token, the code, mean and std of every channel's tokens in its
-    # time bin and in sub_context bins either side (MMVQShape.window_features): a motion is what all axes do
-    # at once over a stretch of time (synthetic: one channel's attributes tell the sub-action for 0.40 of
-    # tokens, all channels' at one place for 0.70; experiments/receipts/subaction_ceiling.py).
-    sub_context: int = 1            # time bins either side of the token's that the scores read
-    # 0: the scores' projection P_h is an MLP on each token's window features (above); L > 0: L residual
-    # convolutions of width 5 over the window's time bins (teachers/mmvqshape.py BinConvReader), which see
-    # sub_context + 2L bins either side of a token.
-    sub_layers: int = 0
+    sub_context: int = 1            # time bins either side of a token's that the scores read
+    sub_layers: int = 0             # 0: an MLP per token | L: L residual convolutions over the time bins
 
 
 @dataclass
@@ -225,12 +186,20 @@ class TopoConfig:
     dropout: float = 0.3
 
 
+def default_teacher_vqshape() -> VQShapeConfig:
+    """The default teacher: a small VQShape (official: dim 256, 4/4/2 layers) with the options past the official
+    recipe that made its tokens healthy (experiments/teacher_health.md sections 4-5; the conv head: RESULTS §0i)."""
+    return VQShapeConfig(dim=64, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4,
+                         head_detach=True, lambda_shape_norm=1.0, code_input="subsequence", span_init="tiling",
+                         decoder_input="span_overlap", head_arch="conv")
+
+
 @dataclass
 class TeacherConfig:
     arch: str = "vqshape"             # "vqshape" or a student arch name (a CNN used as a teacher)
     text_guidance: bool = True        # vqshape only: MMVQShape text fusion on/off
     checkpoint: Optional[str] = None  # load if it exists, else train and save there (None: <run_dir>/teacher)
-    vqshape: VQShapeConfig = field(default_factory=VQShapeConfig)
+    vqshape: VQShapeConfig = field(default_factory=default_teacher_vqshape)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
     topo: TopoConfig = field(default_factory=TopoConfig)
@@ -246,7 +215,8 @@ class StudentConfig:
     # VQShape student with L_x, L_s, L_vq, L_ce plus KD.
     vqshape: VQShapeConfig = field(default_factory=lambda: VQShapeConfig(
         dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4, lambda_div=0.0))
-    cnn: CNNConfig = field(default_factory=CNNConfig)
+    # WRN stem stride 2: half the compute, the same held-out accuracy on watch (experiments/RESULTS.md)
+    cnn: CNNConfig = field(default_factory=lambda: CNNConfig(wrn_stem_stride=2))
 
 
 # --------------------------------------------------------------------------- distillation
@@ -295,7 +265,7 @@ class ExtraTeacherConfig:
 
 @dataclass
 class WorkspaceConfig:
-    enabled: bool = False
+    enabled: bool = True
     num_slots: int = 8                # slots live in the student's feature width
     iters: int = 3
     heads: int = 4
@@ -306,14 +276,15 @@ class WorkspaceConfig:
 @dataclass
 class KDConfig:
     alpha: float = 0.7                # (1 - alpha) * L_ce + alpha * sum_i c_i * L_kd,i
-    coef: str = "fixed"               # "fixed" (source fixed_weight) | "dynamic" (mGLW c_i = d_i / sum d_j)
-    sources: List[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    coef: str = "dynamic"             # "fixed" (source fixed_weight) | "dynamic" (mGLW c_i = d_i / sum d_j)
+    sources: List[SourceConfig] = field(default_factory=lambda: [SourceConfig(),
+                                                                 SourceConfig("action", "action_tokens")])
     extra_teachers: List[ExtraTeacherConfig] = field(default_factory=list)   # several teachers
     workspace: WorkspaceConfig = field(default_factory=WorkspaceConfig)
     logit_kd: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(weight=1.0, source="shape"))
-    attr: AttrLossConfig = field(default_factory=AttrLossConfig)
-    code_kl: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(temperature=1.0))
-    action_kl: LossConfig = field(default_factory=LossConfig)
+    attr: AttrLossConfig = field(default_factory=lambda: AttrLossConfig(weight=1.0, source="shape"))
+    code_kl: TemperatureLossConfig = field(default_factory=lambda: TemperatureLossConfig(1.0, "shape", temperature=1.0))
+    action_kl: LossConfig = field(default_factory=lambda: LossConfig(weight=1.0, source="action"))
     sub_kl: SubKLConfig = field(default_factory=SubKLConfig)   # needs an ordered-alignment teacher
     feature: LossConfig = field(default_factory=LossConfig)
     sp: LossConfig = field(default_factory=LossConfig)
@@ -332,10 +303,11 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 30                  # student stage (and the no-teacher baseline)
-    teacher_epochs: int = 20          # teacher stage (all its terms)
+    teacher_epochs: int = 15          # teacher stage (all its terms)
     # Self-supervised teacher epochs (L_x, L_vq, L_s, L_div only) before the teacher stage, as VQShape
-    # is pretrained before its tokens are used: reconstruction starts before supervision arrives.
-    teacher_ssl_epochs: int = 0
+    # is pretrained before its tokens are used: reconstruction starts before supervision arrives (near
+    # step 250 on watch); a CNN teacher has none (set 0).
+    teacher_ssl_epochs: int = 15
     max_steps: Optional[int] = None   # caps the optimizer steps of every stage (quick runs); None = no cap
     lr: float = 2e-3
     teacher_lr: float = 1e-3
@@ -349,13 +321,15 @@ class TrainConfig:
     baseline: bool = True             # also train the no-teacher student for results.json
     # Compute the frozen teacher's outputs for every training window once, before the student stage,
     # instead of at every step (exact: training windows are not augmented; costs memory, printed).
-    cache_teacher: bool = True
+    cache_teacher: bool = False
     # Mixup in the student and baseline stages (not the teacher's): each batch becomes
     # lam * x + (1 - lam) * x[perm] with one lam ~ Beta(mixup, mixup) per batch, the cross-entropy
     # lam * CE(y) + (1 - lam) * CE(y[perm]), and a teacher is asked about the mixed windows themselves
     # ("function matching", Beyer et al. 2022, https://arxiv.org/abs/2106.05237): so it needs
-    # cache_teacher=false and a teacher that does not read the labels. 0 = off.
-    mixup: float = 0.0
+    # cache_teacher=false and a teacher that does not read the labels. 0 = off. Chosen on the validation
+    # subjects by a rule fixed before the runs (RESULTS.md section 0o: 0.920 against 0.913 without); on the
+    # test folds 1.2 points under the pairing without it (-0.012 [-0.047, +0.019]).
+    mixup: float = 1.0
     # Student and baseline stages: validate, select and keep an exponential moving average of the weights
     # with this decay (kd/engine.py WeightAverage; e.g. 0.99 ~ the last 100 steps); 0 = off.
     ema: float = 0.0
@@ -383,29 +357,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-CHOICES = {
-    "stage": ("teacher", "student", "all"),
-    "data.name": ("watch", "npz", "synthetic", "hapt"),
-    "data.hapt.task": ("all", "activities"),
-    "data.npz.layout": ("NTC", "NCT"),
-    "teacher.fusion.teach_keys": ("class", "vocab"),
-    "teacher.fusion.action_target": ("ordered", "set", "attention"),
-    "kd.coef": ("fixed", "dynamic"),
-    "train.mixed_precision": ("no", "fp16", "bf16"),
-    "train.nonfinite": ("stop", "skip"),
-    "train.select": ("best_val", "last"),
-}
-
-
-# VQShape options, the same for the teacher's and the student's VQShape
-VQSHAPE_CHOICES = {
-    "loss_scale": ("normalized", "input"),
-    "code_input": ("token", "subsequence"),
-    "head_arch": ("flat", "conv"),
-    "decoder_input": ("tokens", "spans", "span_overlap"),
-    "span_init": ("none", "tiling"),
-}
-CHOICES.update({f"{side}.vqshape.{k}": v for side in ("teacher", "student") for k, v in VQSHAPE_CHOICES.items()})
+# The KD loss sections of the schema, in declaration order: every KDConfig field that is a LossConfig (the loss
+# registry, kd.losses.LOSSES, has one entry per section: tests/test_config.py).
+KD_LOSS_KEYS = tuple(f.name for f in fields(KDConfig)
+                     if callable(f.default_factory) and isinstance(f.default_factory(), LossConfig))
 
 
 class ConfigError(ValueError):
@@ -435,6 +390,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     except ValidationError as err:
         key = getattr(err, "full_key", None)
         raise ConfigError(f"bad value for config key {key!r}: {str(err).splitlines()[0]}") from None
+    from kd.checks import derive_window_length, validate_config
     derive_window_length(cfg, user_keys(path, overrides))
     validate_config(cfg)
     from kd.contract import check_pairing          # the models' declared outputs (imports the models)
@@ -446,144 +402,6 @@ def user_keys(path, overrides: Sequence[str]) -> DictConfig:
     """What the user wrote (YAML file, then overrides), without the schema's defaults."""
     mine = OmegaConf.load(path) if path is not None else OmegaConf.create({})
     return OmegaConf.merge(mine, OmegaConf.from_dotlist(list(overrides))) if overrides else mine
-
-
-def derive_window_length(cfg: DictConfig, mine: DictConfig) -> None:
-    """data.length is the one window length: each VQShape's len_input and num_patch follow from it.
-    Writing either by hand is an error unless it agrees."""
-    length = cfg.data.length
-    for side in ("teacher", "student"):
-        v = cfg[side].vqshape
-        if length % v.patch_size:
-            if cfg[side].arch in ("vqshape", "vqshape_student"):
-                raise ConfigError(f"data.length={length} must be a multiple of {side}.vqshape.patch_size="
-                                  f"{v.patch_size} (the VQShape patches); change one of them")
-            continue
-        derived = {"len_input": length, "num_patch": length // v.patch_size}
-        for key, value in derived.items():
-            given = OmegaConf.select(mine, f"{side}.vqshape.{key}")
-            if given is not None and given != value:
-                raise ConfigError(f"{side}.vqshape.{key}={given} disagrees with data.length={length} "
-                                  f"(it follows from data.length: {key}={value}); remove {side}.vqshape.{key}")
-            v[key] = value
-
-
-def validate_config(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
-    for side in ("teacher", "student"):
-        v = cfg[side].vqshape
-        for name in ("enc", "tok", "dec"):
-            if v.dim % v[f"{name}_heads"]:
-                raise ConfigError(f"{side}.vqshape.dim={v.dim} must be divisible by "
-                                  f"{side}.vqshape.{name}_heads={v[f'{name}_heads']}")
-    if cfg.data.name == "hapt" and (cfg.data.hapt.root is None or not (Path(cfg.data.hapt.root) / "RawData").is_dir()):
-        raise ConfigError(f"data.name=hapt reads the UCI HAPT folder at data.hapt.root={cfg.data.hapt.root!r}, "
-                          "which has no RawData/ folder: set data.hapt.root to the folder holding RawData/")
-    if cfg.teacher.members < 1:
-        raise ConfigError(f"teacher.members={cfg.teacher.members} must be >= 1 (1: a single teacher network)")
-    if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "topo", "none"):
-        raise ConfigError(f"teacher.members={cfg.teacher.members} builds an ensemble of CNN teachers; "
-                          f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
-    if cfg.teacher.arch == "topo":
-        check_topo(cfg.teacher.topo)
-    if not 0 <= cfg.train.ema < 1:
-        raise ConfigError(f"train.ema={cfg.train.ema} must lie in [0, 1) (the decay of the weight average; 0 = off)")
-    if cfg.train.mixup < 0:
-        raise ConfigError(f"train.mixup={cfg.train.mixup} must be >= 0 (the Beta(a, a) parameter; 0 = off)")
-    a = cfg.train.augment
-    for key in ("scale", "jitter", "shift"):
-        if a[key] < 0:
-            raise ConfigError(f"train.augment.{key}={a[key]} must be >= 0 (0 = off)")
-    if a.shift > 0.5:
-        raise ConfigError(f"train.augment.shift={a.shift} must be <= 0.5 (a fraction of the window, either way)")
-    # windows changed at every step (augment, then mixup) are shown to the teacher live, never looked up
-    changed = [k for k, on in (("train.augment", any(a[k] > 0 for k in ("scale", "jitter", "shift"))),
-                               ("train.mixup", cfg.train.mixup > 0)) if on]
-    if changed and cfg.teacher.arch != "none" and cfg.stage != "teacher":
-        if cfg.train.cache_teacher:
-            raise ConfigError(f"{changed[0]} changes every training window at each step, which a cache of the "
-                              f"unchanged windows cannot answer: set train.cache_teacher=false")
-        if cfg.train.mixup > 0 and cfg.teacher.arch == "vqshape" and cfg.teacher.text_guidance \
-                and cfg.teacher.fusion.teach_keys == "class":
-            raise ConfigError("train.mixup > 0 with a teacher that teaches with the class text of one label "
-                              "(teacher.fusion.teach_keys=class), which a mixed window does not have: set "
-                              "teacher.fusion.teach_keys=vocab (no label) or train.mixup=0")
-    if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch != "vqshape":
-        raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
-                          f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
-    if not 0.0 <= cfg.kd.alpha <= 1.0:
-        raise ConfigError(f"kd.alpha={cfg.kd.alpha} must lie in [0, 1]")
-    f = cfg.teacher.fusion
-    for key, ok, rule in (("align_p_stay", 0.0 < f.align_p_stay < 1.0, "lie in (0, 1)"),
-                          ("align_code_decay", 0.0 <= f.align_code_decay < 1.0, "lie in [0, 1)"),
-                          ("align_code_smoothing", f.align_code_smoothing > 0, "be > 0"),
-                          ("sub_context", f.sub_context >= 0, "be >= 0 (time bins either side of a token)"),
-                          ("sub_layers", f.sub_layers >= 0, "be >= 0 (0: an MLP per token; L: L convolutions "
-                                                            "over the time bins)")):
-        if not ok:
-            raise ConfigError(f"teacher.fusion.{key}={f[key]} must {rule}")
-    if f.align_scores_from_step is not None and f.align_scores_from_step < 0:
-        raise ConfigError(f"teacher.fusion.align_scores_from_step={f.align_scores_from_step} must be >= 0 "
-                          f"(the training step the E-step switches to the scores) or null (never)")
-    names = [s.name for s in cfg.kd.sources]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"kd.sources names must be unique, got {names}")
-    extra = [t.name for t in cfg.kd.extra_teachers]
-    if extra and cfg.teacher.arch == "none":
-        raise ConfigError("kd.extra_teachers needs a main teacher (teacher.arch is 'none')")
-    for t in cfg.kd.extra_teachers:
-        if not t.name or "/" in t.name or not t.checkpoint:
-            raise ConfigError(f"each kd.extra_teachers entry needs a name without '/' and a checkpoint, got {dict(t)}")
-    if len(set(extra)) != len(extra):
-        raise ConfigError(f"kd.extra_teachers names must be unique, got {extra}")
-    if cfg.teacher.arch != "none":   # checks of the distillation settings, before anything trains
-        check_kd(cfg.kd, names)
-
-
-def check_topo(t: DictConfig) -> None:
-    for key in ("pixel_size", "sigma", "birth_range", "pers_max", "hidden"):
-        if t[key] <= 0:
-            raise ConfigError(f"teacher.topo.{key}={t[key]} must be > 0")
-    for key, extent in (("birth_range", 2 * t.birth_range), ("pers_max", t.pers_max)):
-        if extent < t.pixel_size:
-            raise ConfigError(f"teacher.topo.{key}={t[key]} gives a grid narrower than one pixel "
-                              f"(teacher.topo.pixel_size={t.pixel_size}): raise it or lower the pixel size")
-    if not 0 <= t.dropout < 1:
-        raise ConfigError(f"teacher.topo.dropout={t.dropout} must lie in [0, 1)")
-
-
-# The KD loss sections of the schema, in declaration order: every KDConfig field that is a LossConfig (the loss
-# registry, kd.losses.LOSSES, has one entry per section: tests/test_config.py).
-KD_LOSS_KEYS = tuple(f.name for f in fields(KDConfig)
-                     if callable(f.default_factory) and isinstance(f.default_factory(), LossConfig))
-
-
-def check_kd(kd: DictConfig, source_names: List[str]) -> None:
-    """Cross-key checks of a pairing's KD settings: every enabled loss's source is a declared source,
-    and dynamic coefficients have the workspace they come from."""
-    for name in KD_LOSS_KEYS:
-        c = kd[name]
-        if c.weight > 0 and c.source is not None and c.source not in source_names:
-            raise ConfigError(f"kd.{name}.source={c.source!r} is not one of kd.sources {source_names}; "
-                              f"add a source named {c.source!r} to kd.sources or change kd.{name}.source")
-        if c.weight > 0 and "temperature" in c and c.temperature <= 0:
-            raise ConfigError(f"kd.{name}.temperature={c.temperature} must be > 0")
-    if kd.attr.weight > 0:
-        unknown = sorted(set(kd.attr.attr_weights) - set(ATTRIBUTES))
-        if unknown:
-            raise ConfigError(f"kd.attr.attr_weights has unknown attributes {unknown}; valid: {list(ATTRIBUTES)}")
-        if not any(kd.attr.attr_weights.values()):
-            raise ConfigError("kd.attr.attr_weights are all 0, so kd.attr would add nothing; set kd.attr.weight=0 "
-                              "to switch it off")
-    if kd.sub_kl.context < 0:
-        raise ConfigError(f"kd.sub_kl.context={kd.sub_kl.context} must be >= 0 (time positions either side a "
-                          f"student's sub-action head reads; 0: the token alone)")
-    if kd.coef == "dynamic" and not kd.workspace.enabled:
-        raise ConfigError("kd.coef=dynamic takes its coefficients from the workspace: set "
-                          "kd.workspace.enabled=true, or use kd.coef=fixed")
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -604,6 +422,7 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
         raise ConfigError(f"the saved config has key {key!r}, which this version does not know: it was written by "
                           f"an older version; rerun it, or load it with commit {LAST_COMPATIBLE_COMMIT}") from None
+    from kd.checks import validate_config
     validate_config(cfg)
     return cfg
 

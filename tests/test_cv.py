@@ -143,7 +143,9 @@ def test_a_tiny_study_end_to_end(tmp_path, text_cache):
     with pytest.raises(ConfigError, match="holds another study"):
         cv.main([str(path), "methods.alone.overrides=[teacher.arch=none,teacher.text_guidance=false,train.lr=0.001]"])
     # the pairing file edited in place after its runs finished: their old numbers are not reported under it
-    pairing.write_text(pairing.read_text().replace("{weight: 1.0, source: shape}", "{weight: 1.0, source: shape, temperature: 2.5}", 1))
+    edited = pairing.read_text().replace("  workspace: {num_slots: 4}\n", "  workspace: {num_slots: 4}\n  logit_kd: {temperature: 2.5}\n")
+    assert edited != pairing.read_text()
+    pairing.write_text(edited)
     with pytest.raises(ConfigError, match=r"finished with another config .*\['kd.logit_kd.temperature'\]"):
         cv.main([str(path), "--dry-run"])
     pairing.write_text((ROOT / "configs/synthetic_smoke.yaml").read_text())

@@ -147,7 +147,7 @@ def test_run_dir_of_another_config_is_refused(tmp_path):
     OmegaConf.save(saved, tmp_path / "config.yaml")
     prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2"]), accel)
     with pytest.raises(RunDirError, match=r"differs at \['student.cnn.wrn_stem_stride'\]"):
-        prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2", "student.cnn.wrn_stem_stride=2"]),
+        prepare_run_dir(load_config(overrides=[f"run_dir={tmp_path}", "seed=2", "student.cnn.wrn_stem_stride=1"]),
                         accel)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.config import ConfigError, validate_config, WorkspaceConfig, load_config
+from kd.checks import validate_config
+from kd.config import ConfigError, WorkspaceConfig, load_config
 from kd.workspace import Workspace, dynamic_coefficients, slot_attention_maps
 
 
