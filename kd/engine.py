@@ -32,6 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from kd.checkpoint import assert_finite_state
+from kd.config import ConfigError
 from kd.metrics import classification_report
 from kd.outputs import Outputs
 
@@ -58,10 +59,15 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
+def check_batch_fits(n: int, batch_size: int) -> None:
+    """Every epoch drops its last partial batch: a training split smaller than one batch trains nothing."""
+    if n < batch_size:
+        raise ConfigError(f"the training split has {n} windows, fewer than data.batch_size={batch_size}; lower "
+                          f"data.batch_size (e.g. data.batch_size={max(1, n // 2)}) or give the training split more subjects")
+
+
 def train_loader(ds: Dataset, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:
-    if len(ds) < batch_size:
-        raise ValueError(f"the training split has {len(ds)} windows, fewer than data.batch_size={batch_size}; "
-                         f"lower data.batch_size or add training subjects")
+    check_batch_fits(len(ds), batch_size)
     return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed), drop_last=True,
                       num_workers=num_workers)
 

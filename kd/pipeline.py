@@ -19,8 +19,9 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from kd.checkpoint import CheckpointError
-from kd.config import ConfigError, comparable, config_diffs, config_from_dict, to_yaml
+from kd.config import comparable, config_diffs, config_from_dict, to_yaml
 from kd.data import build_splits
+from kd.engine import check_batch_fits
 from kd.layers import param_count
 from kd.reports import evaluate_teacher, recovery_scorer, student_subaction_report, test_report
 from kd.stages import (load_extra_teachers, load_teacher, make_accelerator, student_export, teacher_dir,
@@ -119,10 +120,7 @@ def run(cfg) -> Dict:
     run_dir = prepare_run_dir(cfg, accel)
     set_seed(cfg.seed)
     splits = build_splits(cfg.data)
-    if len(splits.train) < cfg.data.batch_size:   # seconds in, not after a teacher has trained
-        raise ConfigError(f"the training split has {len(splits.train)} windows, fewer than data.batch_size="
-                          f"{cfg.data.batch_size}; lower data.batch_size (e.g. data.batch_size="
-                          f"{max(1, len(splits.train) // 2)}) or give the training split more subjects")
+    check_batch_fits(len(splits.train), cfg.data.batch_size)   # seconds in, not after a teacher has trained
     results: Dict = {"data": splits.info()}
     teacher, t_meta = None, None
     if cfg.teacher.arch != "none":

@@ -1,7 +1,7 @@
 """Time-series-only students. `STUDENTS` maps an arch name to a builder; a student never reads text."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch.nn as nn
 
@@ -20,15 +20,17 @@ def _cnn(factory: Callable) -> Callable:
     return build
 
 
-STUDENTS: Dict[str, Callable] = {
-    "wrn16_1": _cnn(wrn16_1),
-    "wrn16_3": _cnn(wrn16_3),
-    "resnet": _cnn(resnet_small),
-    "vqshape_student": _vqshape_student,
+# arch -> (the class it builds, known from the config alone: its declared outputs, kd/contract.py; its builder)
+ARCHS: Dict[str, Tuple[type, Callable]] = {
+    "wrn16_1": (WRN1d, _cnn(wrn16_1)),
+    "wrn16_3": (WRN1d, _cnn(wrn16_3)),
+    "resnet": (ResNet1d, _cnn(resnet_small)),
+    "vqshape_student": (VQShapeStudent, _vqshape_student),
 }
-# the class each arch builds, known from the config alone (its declared outputs: kd/contract.py)
-STUDENT_CLASSES: Dict[str, type] = {"wrn16_1": WRN1d, "wrn16_3": WRN1d, "resnet": ResNet1d,
-                                    "vqshape_student": VQShapeStudent}
+STUDENTS: Dict[str, Callable] = {arch: build for arch, (_, build) in ARCHS.items()}
+STUDENT_CLASSES: Dict[str, type] = {arch: cls for arch, (cls, _) in ARCHS.items()}
+# the archs that are CNNs (also teachers: teachers/__init__.py)
+CNN_ARCHS = tuple(arch for arch, (cls, _) in ARCHS.items() if cls is not VQShapeStudent)
 
 
 def build_student(arch: str, cnn, vqshape, num_channels: int, num_classes: int, num_actions: int = 0,

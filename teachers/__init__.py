@@ -1,4 +1,4 @@
-"""Teachers. `TEACHERS` maps teacher.arch to a builder; any student arch can also teach."""
+"""Teachers. `TEACHERS` maps teacher.arch to a builder; any CNN student arch can also teach."""
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -9,6 +9,7 @@ from teachers.ensemble import Ensemble
 from teachers.mmvqshape import MMVQShape
 from teachers.topo import TopoTeacher
 from kd.vqshape import VQShape
+from students import CNN_ARCHS, STUDENT_CLASSES, build_student
 
 
 def _vqshape(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
@@ -21,7 +22,6 @@ def _vqshape(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> 
 
 def _student_as_teacher(arch: str) -> Callable:
     def build(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
-        from students import build_student   # students import teachers' layers: import lazily
         members = [build_student(arch, cfg.cnn, cfg.vqshape, num_channels, num_classes, freeze_shared=False)
                    for _ in range(cfg.members)]
         return members[0] if cfg.members == 1 else Ensemble(members)
@@ -33,7 +33,7 @@ def _topo(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.
 
 
 TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape, "topo": _topo}
-TEACHERS.update({arch: _student_as_teacher(arch) for arch in ("wrn16_1", "wrn16_3", "resnet")})
+TEACHERS.update({arch: _student_as_teacher(arch) for arch in CNN_ARCHS})
 
 
 def teacher_class(cfg) -> type:
@@ -42,7 +42,6 @@ def teacher_class(cfg) -> type:
         return MMVQShape if cfg.text_guidance else VQShape
     if cfg.arch == "topo":
         return TopoTeacher
-    from students import STUDENT_CLASSES
     if cfg.arch not in TEACHERS:
         raise ValueError(f"unknown teacher arch {cfg.arch!r}; known: {sorted(TEACHERS)}")
     return Ensemble if cfg.members > 1 else STUDENT_CLASSES[cfg.arch]
