@@ -165,3 +165,18 @@ def test_the_anchor_config_trains_on_a_hapt_folder(tmp_path):
     assert results["data"]["task"] == "activities" and results["baseline"]["n"] == 5     # user 1: 3 + 2 windows
     assert set(results["baseline"]["per_class_f1"]) == {"WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS",
                                                          "SITTING", "STANDING", "LAYING"}
+
+
+def test_transition_episodes_carry_the_per_sample_truth_in_order(tmp_path):
+    """An episode is the raw samples around a transition with each sample's recorded label: here walking,
+    stand-to-sit, sitting, in that order, the transition in the middle; too long an episode is an error."""
+    from kd.data.hapt import transition_episodes
+    sessions = read_sessions(write_folder(tmp_path, users=(1, 2)))
+    ep = transition_episodes(sessions, length=200)
+    assert ep.x.shape == (2, 6, 200) and list(ep.transition) == [7, 7] and list(ep.subject) == [1, 2]
+    start = 340 - 100                                                        # transition 300..379, centred
+    assert np.array_equal(ep.x[0, 0], np.arange(start, start + 200))         # acc x holds the sample index
+    assert np.array_equal(ep.labels[0], sessions[0].sample_labels()[start:start + 200])
+    assert ep.transcript(0) == [1, 7, 4] and (ep.labels[0] == 7).sum() == 80
+    with pytest.raises(DataError, match="shorten the episode length"):
+        transition_episodes(sessions, length=700)

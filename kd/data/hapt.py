@@ -229,3 +229,38 @@ def build_hapt(cfg: Any) -> Splits:
                "short_segments": w["short_segments"]}
     return Splits(**sets, class_names=list(ACTIVITIES[:n_classes]), num_channels=x.shape[1], length=length,
                   name="hapt", split=how, details=details)
+
+
+@dataclass
+class Episodes:
+    """Windows that span several labelled segments around each postural transition, with the per-sample
+    truth a sub-action method never sees (issue: sub-actions against recorded ground truth)."""
+    x: np.ndarray                   # (N, C, length) float32, raw samples
+    labels: np.ndarray              # (N, length) int64 activity id of every sample, 0 where unlabelled
+    transition: np.ndarray          # (N,) int64 activity id (7-12) of the transition each episode is centred on
+    subject: np.ndarray             # (N,) int64
+
+    def transcript(self, i: int) -> List[int]:
+        """The activity ids episode i runs through, in order (runs of one id collapsed, unlabelled gaps left out)."""
+        ids = self.labels[i][self.labels[i] > 0]
+        return [int(a) for k, a in enumerate(ids) if k == 0 or a != ids[k - 1]]
+
+
+def transition_episodes(sessions: List[Session], length: int = 500) -> Episodes:
+    """One window of `length` samples (500: 10 s) centred on each transition segment (activity id > 6) that
+    lies far enough from its session's ends; usually posture, transition, posture."""
+    x, labels, trans, subj = [], [], [], []
+    for s in sessions:
+        truth = s.sample_labels()
+        for act, first, last in s.segments:
+            start = (int(first) + int(last) + 1) // 2 - length // 2
+            if act <= TASK_CLASSES["activities"] or start < 0 or start + length > len(s.signal):
+                continue
+            x.append(s.signal[start:start + length].T)
+            labels.append(truth[start:start + length])
+            trans.append(int(act))
+            subj.append(s.user)
+    if not x:
+        raise DataError(f"no transition segment lies {length // 2} samples from both ends of its session; "
+                        f"shorten the episode length ({length})")
+    return Episodes(np.stack(x).astype(np.float32), np.stack(labels), np.array(trans), np.array(subj))
