@@ -437,9 +437,30 @@ TEACHING_KEYS = ("fusion.teach_keys",)
 IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
 
 
+def unread_keys(d: Dict) -> List[str]:
+    """The sections a run with resolved config `d` never reads: without a teacher, everything about teaching; the
+    sections of the architectures not chosen; the parameters of a KD loss at weight 0 and of a disabled workspace."""
+    t, kd = d.get("teacher"), d.get("kd")
+    if not isinstance(t, dict) or not isinstance(kd, dict):
+        return []
+    if t["arch"] == "none":
+        return ["teacher", "kd", "text", "train.teacher_epochs", "train.teacher_ssl_epochs", "train.teacher_lr",
+                "train.cache_teacher", f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}"]
+    keys = {"vqshape": ["teacher.cnn", "teacher.members"], "topo": ["teacher.cnn", "teacher.members"]}.get(
+        t["arch"], ["teacher.vqshape", "teacher.fusion", "text"])
+    keys += [] if t["arch"] != "vqshape" or t["text_guidance"] else ["teacher.fusion", "text"]
+    keys += [] if t["arch"] == "topo" else ["teacher.topo"]
+    keys.append(f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}")
+    keys += [f"kd.{n}.{k}" for n in KD_LOSS_KEYS if not kd[n]["weight"] for k in kd[n] if k != "weight"]
+    keys += [] if kd["workspace"]["enabled"] else [f"kd.workspace.{k}" for k in kd["workspace"] if k != "enabled"]
+    return keys
+
+
 def comparable(cfg, ignore: Sequence[str] = IGNORED_FOR_RERUN) -> Dict:
-    """The resolved config as a dict without the `ignore` keys: what two runs must share to be the same run."""
+    """The resolved config as a dict without the `ignore` keys and the keys it never reads (unread_keys): what two
+    runs must share to be the same run (or two teachers to be one)."""
     d = OmegaConf.to_container(cfg, resolve=True)
+    ignore = (*ignore, *unread_keys(d))
     for key in ignore:
         *parents, leaf = key.split(".")
         node = d

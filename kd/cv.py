@@ -230,19 +230,11 @@ class Run:
     config: Optional[Dict] = None  # the config a finished run must have (SAME_RUN_IGNORES left out)
 
 
-# The teacher.* sections each teacher architecture reads (a CNN teacher reads teacher.cnn); the others
-# cannot change its teacher, so they are not part of its key.
-ARCH_SECTIONS = {"vqshape": ("vqshape", "fusion"), "topo": ("topo",)}
-
-
 def teacher_key(cfg) -> Optional[str]:
     """A short hash of everything a run's teacher depends on (None: no teacher)."""
     if cfg.teacher.arch == "none":
         return None
     d = comparable(cfg, (*NOT_TEACHER_KEYS, "teacher.checkpoint", *(f"teacher.{k}" for k in TEACHING_KEYS)))
-    reads = ARCH_SECTIONS.get(cfg.teacher.arch, ("cnn",))
-    for section in {"cnn", *(s for sections in ARCH_SECTIONS.values() for s in sections)} - set(reads):
-        d["teacher"].pop(section)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -537,7 +529,8 @@ def plot_paired(rep: Dict, path: Path) -> None:
         c = rep["comparisons"][name]["macro_f1"]
         ax.set_xticks([0, 1], [rep["reference"], name], fontsize=8)
         ax.set_xlim(-0.2, 1.3)
-        ax.set_title(f"Δ {c['diff_mean']:+.3f} [{c['diff_ci95'][0]:+.3f}, {c['diff_ci95'][1]:+.3f}]", fontsize=8)
+        lo, hi = c.get("diff_ci95_corrected") or c["diff_ci95"]       # the table's CI (one unit: the bootstrap's)
+        ax.set_title(f"Δ {c['diff_mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]", fontsize=8)
     axes[0][0].set_ylabel("macro-F1 (fold mean over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

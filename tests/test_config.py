@@ -115,3 +115,20 @@ def test_a_saved_config_round_trips_and_one_from_an_older_version_names_the_comm
 def test_a_negative_sub_action_context_fails_at_load():
     with pytest.raises(ConfigError, match=r"kd.sub_kl.context=-1 must be >= 0"):
         load_config("configs/synthetic_subactions.yaml", ["kd.sub_kl.context=-1"])
+
+
+def test_two_runs_are_the_same_run_whatever_they_set_where_they_do_not_read():
+    """comparable() leaves out what a run never reads: a run without a teacher ignores every teaching key, a CNN
+    teacher ignores the VQShape sections, a loss at weight 0 its source; what is read still tells runs apart,
+    and a study's teacher key follows the same rule."""
+    from kd.config import comparable
+    from kd.cv import teacher_key
+    same = lambda path, a, b: comparable(load_config(path, a)) == comparable(load_config(path, b))
+    assert same("configs/baseline_wrn16_1.yaml", [], ["kd.alpha=0.2", "teacher.vqshape.dim=128", "train.teacher_lr=1"])
+    assert not same("configs/baseline_wrn16_1.yaml", [], ["train.lr=0.1"])
+    cnn = "configs/wrn16_3_wrn16_1.yaml"
+    assert same(cnn, [], ["teacher.vqshape.dim=128", "teacher.fusion.heads=2", "kd.attr.source=x", "student.vqshape.dim=64"])
+    assert not same(cnn, [], ["teacher.cnn.wrn_stem_stride=2"]) and not same(cnn, [], ["kd.logit_kd.temperature=2"])
+    assert teacher_key(load_config(cnn)) == teacher_key(load_config(cnn, ["teacher.vqshape.dim=128"]))
+    assert teacher_key(load_config(cnn)) != teacher_key(load_config(cnn, ["teacher.cnn.kernel_size=3"]))
+    assert not same("configs/default.yaml", [], ["teacher.vqshape.dim=128"])     # a VQShape teacher reads it
