@@ -1,9 +1,5 @@
-"""One typed config tree for the whole pipeline.
-
-Every component has a dataclass here; `load_config` merges the schema with an optional
-YAML file and a CLI dotlist (`key=value`). OmegaConf structured configs reject unknown
-keys, so a typo is an error that names the key.
-"""
+"""One typed config tree for the whole pipeline; its defaults are the default pairing. `load_config` merges the
+schema, a YAML file and `key=value` overrides; unknown keys and bad values are errors that name the key."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -203,27 +199,22 @@ class TeacherConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
     topo: TopoConfig = field(default_factory=TopoConfig)
-    # A CNN teacher only: train this many copies from different initialisations and teach with their
-    # averaged class probabilities (teachers/ensemble.py); 1 = a single network.
-    members: int = 1
+    members: int = 1                  # CNN teacher: an ensemble of this many, averaged probabilities (teachers/ensemble.py)
 
 
 @dataclass
 class StudentConfig:
     arch: str = "wrn16_1"             # wrn16_1 | wrn16_3 | resnet | vqshape_student
-    # Smaller than the default teacher (dim 64, 2/2/1 layers); L_div off: the design trains the
-    # VQShape student with L_x, L_s, L_vq, L_ce plus KD.
+    # smaller than the default teacher; L_div off (the student trains L_x, L_s, L_vq, L_ce plus KD)
     vqshape: VQShapeConfig = field(default_factory=lambda: VQShapeConfig(
         dim=32, enc_layers=1, enc_heads=4, tok_layers=1, tok_heads=4, dec_layers=1, dec_heads=4, lambda_div=0.0))
-    # WRN stem stride 2: half the compute, the same held-out accuracy on watch (experiments/RESULTS.md)
-    cnn: CNNConfig = field(default_factory=lambda: CNNConfig(wrn_stem_stride=2))
+    cnn: CNNConfig = field(default_factory=lambda: CNNConfig(wrn_stem_stride=2))   # stride 2: half the compute, same accuracy on watch
 
 
 # --------------------------------------------------------------------------- distillation
 @dataclass
 class LossConfig:
-    """One KD loss. `weight` 0 disables it; `source` binds it to a workspace knowledge source.
-    Each loss's section holds only the parameters that loss reads."""
+    """One KD loss (weight 0: off), bound to a knowledge source; a section holds only what its loss reads."""
     weight: float = 0.0
     source: Optional[str] = None      # None: an "other" term, weighted by `weight` alone
 
@@ -257,8 +248,7 @@ class SourceConfig:
 
 @dataclass
 class ExtraTeacherConfig:
-    """A further frozen teacher (a checkpoint written by a `stage=teacher` run) whose outputs become
-    knowledge sources as `<name>/<key>`, e.g. kd.sources=[..., {name: wrn, tokens: wrn/feature_tokens}]."""
+    """A further frozen teacher (a `stage=teacher` checkpoint): sources read it as `<name>/<key>` (wrn/feature_tokens)."""
     name: str = ""
     checkpoint: str = ""
 
@@ -304,10 +294,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 30                  # student stage (and the no-teacher baseline)
     teacher_epochs: int = 15          # teacher stage (all its terms)
-    # Self-supervised teacher epochs (L_x, L_vq, L_s, L_div only) before the teacher stage, as VQShape
-    # is pretrained before its tokens are used: reconstruction starts before supervision arrives (near
-    # step 250 on watch); a CNN teacher has none (set 0).
-    teacher_ssl_epochs: int = 15
+    teacher_ssl_epochs: int = 15      # self-supervised VQShape epochs first (L_x, L_vq, L_s, L_div); a CNN teacher: 0
     max_steps: Optional[int] = None   # caps the optimizer steps of every stage (quick runs); None = no cap
     lr: float = 2e-3
     teacher_lr: float = 1e-3
@@ -319,27 +306,15 @@ class TrainConfig:
     log_every: int = 10
     nonfinite: str = "stop"           # on a non-finite loss: "stop" (raise with step and terms) | "skip" the step
     baseline: bool = True             # also train the no-teacher student for results.json
-    # Compute the frozen teacher's outputs for every training window once, before the student stage,
-    # instead of at every step (exact: training windows are not augmented; costs memory, printed).
-    cache_teacher: bool = False
-    # Mixup in the student and baseline stages (not the teacher's): each batch becomes
-    # lam * x + (1 - lam) * x[perm] with one lam ~ Beta(mixup, mixup) per batch, the cross-entropy
-    # lam * CE(y) + (1 - lam) * CE(y[perm]), and a teacher is asked about the mixed windows themselves
-    # ("function matching", Beyer et al. 2022, https://arxiv.org/abs/2106.05237): so it needs
-    # cache_teacher=false and a teacher that does not read the labels. 0 = off. Chosen on the validation
-    # subjects by a rule fixed before the runs (RESULTS.md section 0o: 0.920 against 0.913 without); on the
-    # test folds 1.2 points under the pairing without it (-0.012 [-0.047, +0.019]).
+    cache_teacher: bool = False       # the frozen teacher's outputs computed once per training window (exact, memory)
+    # Mixup with the teacher asked about each mixed window ("function matching", Beyer et al. 2022; METHOD.md
+    # section 6): needs cache_teacher=false and a label-free teacher. 0 = off. Chosen on validation subjects
+    # (RESULTS.md section 0o: 0.920 against 0.913 without; on the test folds -0.012 [-0.047, +0.019]).
     mixup: float = 1.0
-    # Student and baseline stages: validate, select and keep an exponential moving average of the weights
-    # with this decay (kd/engine.py WeightAverage; e.g. 0.99 ~ the last 100 steps); 0 = off.
-    ema: float = 0.0
+    ema: float = 0.0                  # students: select and keep an EMA of the weights with this decay; 0 = off
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Which epoch's weights a stage keeps: "best_val" = the best validation macro-F1 (validation
-    # subjects only; the test split is never looked at during training), "last" = the last epoch.
-    select: str = "best_val"
-    # CPU threads per process; None = the CPUs this process may use / local processes. Set here
-    # because `accelerate launch` exports OMP_NUM_THREADS=1 for a single CPU process.
-    num_threads: Optional[int] = None
+    select: str = "best_val"          # the epoch kept: best validation macro-F1 (never the test split) | "last"
+    num_threads: Optional[int] = None  # CPU threads per process; None: the CPUs this process may use / local processes
 
 
 @dataclass
@@ -369,9 +344,8 @@ class ConfigError(ValueError):
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (),
                 extra_outputs: Optional[Dict[str, Any]] = None) -> DictConfig:
-    """Schema <- YAML file <- `key=value` overrides. Unknown keys and bad values raise ConfigError.
-    extra_outputs: {extra teacher name: the fields its `teach` fills}, for extra teachers not trained yet
-    (a cross-validated study checks its pairings first); others are read from their checkpoints."""
+    """Schema <- YAML file <- `key=value` overrides, checked (kd/checks.py, kd/contract.py). extra_outputs: {extra
+    teacher name: the fields its `teach` fills} for extra teachers not trained yet (else read from checkpoints)."""
     cfg = OmegaConf.structured(RunConfig)
     try:
         if path is not None:
@@ -408,8 +382,7 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-# The last commit that reads configs and checkpoints written with options retired before it (a saved config
-# naming a key this version does not know was written by an older version: rerun it, or load it there).
+# The last commit that reads configs and checkpoints written with options retired before it.
 LAST_COMPATIBLE_COMMIT = "114434b"
 
 
@@ -425,54 +398,3 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
     from kd.checks import validate_config
     validate_config(cfg)
     return cfg
-
-
-# How a trained text-guided teacher teaches (which keys, which sub-action targets), relative to the teacher
-# section: the pairing's choice, not part of what was trained. A checkpoint is taught from with the
-# pairing's values (kd.stages.load_teacher) and a study shares one teacher across them (kd.cv.teacher_key).
-TEACHING_KEYS = ("fusion.teach_keys",)
-
-# Keys that may change between runs into one run_dir (what to do, not what is computed);
-# train.num_threads changes speed only.
-IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
-
-
-def unread_keys(d: Dict) -> List[str]:
-    """The sections a run with resolved config `d` never reads: without a teacher, everything about teaching; the
-    sections of the architectures not chosen; the parameters of a KD loss at weight 0 and of a disabled workspace."""
-    t, kd = d.get("teacher"), d.get("kd")
-    if not isinstance(t, dict) or not isinstance(kd, dict):
-        return []
-    if t["arch"] == "none":
-        return ["teacher", "kd", "text", "train.teacher_epochs", "train.teacher_ssl_epochs", "train.teacher_lr",
-                "train.cache_teacher", f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}"]
-    keys = {"vqshape": ["teacher.cnn", "teacher.members"], "topo": ["teacher.cnn", "teacher.members"]}.get(
-        t["arch"], ["teacher.vqshape", "teacher.fusion", "text"])
-    keys += [] if t["arch"] != "vqshape" or t["text_guidance"] else ["teacher.fusion", "text"]
-    keys += [] if t["arch"] == "topo" else ["teacher.topo"]
-    keys.append(f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}")
-    keys += [f"kd.{n}.{k}" for n in KD_LOSS_KEYS if not kd[n]["weight"] for k in kd[n] if k != "weight"]
-    keys += [] if kd["workspace"]["enabled"] else [f"kd.workspace.{k}" for k in kd["workspace"] if k != "enabled"]
-    return keys
-
-
-def comparable(cfg, ignore: Sequence[str] = IGNORED_FOR_RERUN) -> Dict:
-    """The resolved config as a dict without the `ignore` keys and the keys it never reads (unread_keys): what two
-    runs must share to be the same run (or two teachers to be one)."""
-    d = OmegaConf.to_container(cfg, resolve=True)
-    ignore = (*ignore, *unread_keys(d))
-    for key in ignore:
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return d
-
-
-def config_diffs(a: Any, b: Any, prefix: str = "") -> List[tuple]:
-    """(dotted key, value in a, value in b) for every leaf where two nested config dicts differ, by key."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return sorted((d for key in set(a) | set(b) for d in config_diffs(a.get(key), b.get(key), f"{prefix}{key}.")),
-                      key=lambda d: d[0])
-    return [(prefix.rstrip("."), a, b)] if a != b else []

@@ -41,8 +41,8 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from kd.config import (IGNORED_FOR_RERUN, TEACHING_KEYS, ConfigError, comparable, config_diffs, config_from_dict,
-                       load_config)
+from kd.config import ConfigError, config_from_dict, load_config
+from kd.identity import IGNORED_FOR_RERUN, TEACHING_KEYS, comparable, config_diffs
 from kd.contract import teacher_outputs
 from kd.metrics import per_class_f1
 from kd.stats import EXACT_SIGN_FLIP_MAX_UNITS, cluster_bootstrap_ci, corrected_t, sign_flip_p, summary

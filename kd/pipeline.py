@@ -19,7 +19,8 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from kd.checkpoint import CheckpointError
-from kd.config import comparable, config_diffs, config_from_dict, to_yaml
+from kd.config import config_from_dict, to_yaml
+from kd.identity import comparable, config_diffs
 from kd.data import build_splits
 from kd.engine import check_batch_fits
 from kd.layers import param_count

@@ -14,7 +14,8 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
-from kd.config import TEACHING_KEYS, config_diffs, config_from_dict
+from kd.config import config_from_dict
+from kd.identity import TEACHING_KEYS, config_diffs
 from kd.distiller import Distiller, OwnLossTask, TeacherGroup
 from kd.engine import StageSpec, TeacherCache, eval_loader, evaluate, fit
 from kd.vqshape import VQShape

@@ -103,7 +103,8 @@ def test_a_saved_config_round_trips_and_one_from_an_older_version_names_the_comm
     """config_from_dict(saved resolved config) is the same config; a saved config holding a key this
     version does not know (an option retired since) fails with the key and the last commit that reads it."""
     from omegaconf import OmegaConf
-    from kd.config import LAST_COMPATIBLE_COMMIT, comparable, config_from_dict
+    from kd.config import LAST_COMPATIBLE_COMMIT, config_from_dict
+    from kd.identity import comparable
     cfg = load_config("configs/default.yaml")
     old = OmegaConf.to_container(cfg, resolve=True)
     assert comparable(config_from_dict(old)) == comparable(cfg)
@@ -121,7 +122,7 @@ def test_two_runs_are_the_same_run_whatever_they_set_where_they_do_not_read():
     """comparable() leaves out what a run never reads: a run without a teacher ignores every teaching key, a CNN
     teacher ignores the VQShape sections, a loss at weight 0 its source; what is read still tells runs apart,
     and a study's teacher key follows the same rule."""
-    from kd.config import comparable
+    from kd.identity import comparable
     from kd.cv import teacher_key
     same = lambda path, a, b: comparable(load_config(path, a)) == comparable(load_config(path, b))
     assert same("configs/baseline_wrn16_1.yaml", [], ["kd.alpha=0.2", "teacher.vqshape.dim=128", "train.teacher_lr=1"])
