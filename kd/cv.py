@@ -54,6 +54,15 @@ HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "
 # A finished run counts for a study when its saved config equals the one the study makes now, up to
 # what distill.py lets change in a run_dir and where the runs and their teachers live.
 SAME_RUN_IGNORES = (*IGNORED_FOR_RERUN, "run_dir", "teacher.checkpoint")
+
+
+def same_run_view(cfg) -> Dict:
+    """What a finished run must share with the run the study makes now: where its teachers were stored is
+    not part of it (which teachers they are is their key: teacher_key)."""
+    d = comparable(cfg, SAME_RUN_IGNORES)
+    for t in (d.get("kd") or {}).get("extra_teachers") or []:
+        t.pop("checkpoint", None)
+    return d
 # Keys a run's teacher does not depend on: two methods whose configs differ only here share one teacher.
 NOT_TEACHER_KEYS = ("run_dir", "seed", "stage", "resume", "overwrite", "student", "kd", "train.epochs", "train.lr",
                     "train.baseline", "train.num_threads", "train.mixup", "train.cache_teacher", "train.augment",
@@ -268,7 +277,7 @@ def plan(spec, folds: List[Dict], threads: int) -> List[Run]:
                 if main:
                     own += [f"teacher.checkpoint={teachers[main].run_dir / 'teacher'}", "stage=student",
                             "train.baseline=false"]
-                config = comparable(method_config(spec, name, own, f), SAME_RUN_IGNORES)
+                config = same_run_view(method_config(spec, name, own, f))
                 runs.append(Run(rname, rdir, ["--config", str(m.config), *spec.overrides, *m.overrides,
                                               *extra_teacher_args(spec, name, f), *own], fold, seed, needs, config))
     # seeds outermost: an interrupted study has whole paired seeds done first
@@ -292,8 +301,8 @@ def done(run: Run) -> bool:
                           f"root or teachers_root")
     if run.config is not None:
         # through today's schema: a key added since the run takes its default (its old behaviour)
-        diff = [k for k, _, _ in config_diffs(comparable(config_from_dict(OmegaConf.to_container(saved)),
-                                                         SAME_RUN_IGNORES), run.config)]
+        diff = [k for k, _, _ in config_diffs(same_run_view(config_from_dict(OmegaConf.to_container(saved))),
+                                              run.config)]
         if diff:
             raise ConfigError(f"{run.run_dir} finished with another config than this study now makes (differs at "
                               f"{diff[:8]}): its pairing file or overrides changed since; use another root "

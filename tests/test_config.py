@@ -133,3 +133,18 @@ def test_two_runs_are_the_same_run_whatever_they_set_where_they_do_not_read():
     assert teacher_key(load_config(cnn)) == teacher_key(load_config(cnn, ["teacher.vqshape.dim=128"]))
     assert teacher_key(load_config(cnn)) != teacher_key(load_config(cnn, ["teacher.cnn.kernel_size=3"]))
     assert not same("configs/default.yaml", [], ["teacher.vqshape.dim=128"])     # a VQShape teacher reads it
+
+
+def test_a_finished_runs_identity_leaves_out_where_its_extra_teachers_are_stored():
+    """kd.cv compares a finished run with the run it would make now without the extra teachers' checkpoint paths
+    (which teacher it is, is its key); their names still count."""
+    from omegaconf import OmegaConf
+    from kd.config import ExtraTeacherConfig
+    from kd.cv import same_run_view
+
+    def with_extra(name, path):
+        cfg = load_config("configs/default.yaml")
+        cfg.kd.extra_teachers.append(OmegaConf.structured(ExtraTeacherConfig(name, path)))
+        return same_run_view(cfg)
+    assert with_extra("wrn", "/a/teacher") == with_extra("wrn", "/b/teacher")
+    assert with_extra("wrn", "/a/teacher") != with_extra("cnn", "/a/teacher")
