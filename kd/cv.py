@@ -55,14 +55,6 @@ HEALTH_KEYS = ("distinct_shapes", "codes_used", "span_coverage", "span_t_std", "
 # what distill.py lets change in a run_dir and where the runs and their teachers live.
 SAME_RUN_IGNORES = (*IGNORED_FOR_RERUN, "run_dir", "teacher.checkpoint")
 
-
-def same_run_view(cfg) -> Dict:
-    """What a finished run must share with the run the study makes now: where its teachers were stored is
-    not part of it (which teachers they are is their key: teacher_key)."""
-    d = comparable(cfg, SAME_RUN_IGNORES)
-    for t in (d.get("kd") or {}).get("extra_teachers") or []:
-        t.pop("checkpoint", None)
-    return d
 # Keys a run's teacher does not depend on: two methods whose configs differ only here share one teacher.
 NOT_TEACHER_KEYS = ("run_dir", "seed", "stage", "resume", "overwrite", "student", "kd", "train.epochs", "train.lr",
                     "train.baseline", "train.num_threads", "train.mixup", "train.cache_teacher", "train.augment",
@@ -237,6 +229,15 @@ class Run:
     seed: int
     needs: List[str] = field(default_factory=list)   # the teacher runs this one reads
     config: Optional[Dict] = None  # the config a finished run must have (SAME_RUN_IGNORES left out)
+
+
+def same_run_view(cfg) -> Dict:
+    """What a finished run must share with the run the study makes now: where its teachers were stored is
+    not part of it (which teachers they are is their key: teacher_key)."""
+    d = comparable(cfg, SAME_RUN_IGNORES)
+    for t in (d.get("kd") or {}).get("extra_teachers") or []:
+        t.pop("checkpoint", None)
+    return d
 
 
 def teacher_key(cfg) -> Optional[str]:

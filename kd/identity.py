@@ -26,14 +26,19 @@ def unread_keys(d: Dict) -> List[str]:
     t, kd = d.get("teacher"), d.get("kd")
     if not isinstance(t, dict) or not isinstance(kd, dict):
         return []
-    if t["arch"] == "none":
-        return ["teacher", "kd", "text", "train.teacher_epochs", "train.teacher_ssl_epochs", "train.teacher_lr",
-                "train.cache_teacher", f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}"]
-    keys = {"vqshape": ["teacher.cnn", "teacher.members"], "topo": ["teacher.cnn", "teacher.members"]}.get(
-        t["arch"], ["teacher.vqshape", "teacher.fusion", "text"])
-    keys += [] if t["arch"] != "vqshape" or t["text_guidance"] else ["teacher.fusion", "text"]
-    keys += [] if t["arch"] == "topo" else ["teacher.topo"]
-    keys.append(f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}")
+    arch = t["arch"]
+    keys = [f"student.{'cnn' if d['student']['arch'] == 'vqshape_student' else 'vqshape'}"]
+    if arch == "none":
+        return keys + ["teacher", "kd", "text", "train.teacher_epochs", "train.teacher_ssl_epochs",
+                       "train.teacher_lr", "train.cache_teacher"]
+    if arch != "vqshape":
+        keys.append("teacher.vqshape")
+    if arch != "vqshape" or not t["text_guidance"]:
+        keys += ["teacher.fusion", "text"]
+    if arch != "topo":
+        keys.append("teacher.topo")
+    if arch in ("vqshape", "topo"):                     # a CNN teacher's sections
+        keys += ["teacher.cnn", "teacher.members"]
     keys += [f"kd.{n}.{k}" for n in KD_LOSS_KEYS if not kd[n]["weight"] for k in kd[n] if k != "weight"]
     keys += [] if kd["workspace"]["enabled"] else [f"kd.workspace.{k}" for k in kd["workspace"] if k != "enabled"]
     return keys

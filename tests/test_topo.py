@@ -158,6 +158,8 @@ def test_a_teacher_key_reads_only_its_own_architecture_sections():
     assert key("configs/ensemble_wrn16_1.yaml") != key("configs/ensemble_wrn16_1.yaml", "teacher.cnn.kernel_size=3")
     assert key("configs/topo_wrn16_1.yaml") != key("configs/topo_wrn16_1.yaml", "teacher.topo.sigma=0.1")
     assert key("configs/topo_wrn16_1.yaml") == key("configs/topo_wrn16_1.yaml", "teacher.cnn.kernel_size=3")
+    assert key("configs/topo_wrn16_1.yaml") == key("configs/topo_wrn16_1.yaml", "teacher.vqshape.dim=32",
+                                                   "teacher.fusion.heads=2")
     assert key("configs/default.yaml") != key("configs/default.yaml", "teacher.fusion.heads=2")
     assert key("configs/default.yaml") == key("configs/default.yaml", "teacher.topo.sigma=0.1")
     # how a teacher teaches is the pairing's choice: one trained teacher serves both
