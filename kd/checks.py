@@ -15,7 +15,7 @@ from kd.config import ATTRIBUTES, KD_LOSS_KEYS, ConfigError
 CHOICES = {
     "stage": ("teacher", "student", "all"),
     "data.name": ("watch", "npz", "synthetic", "hapt"),
-    "data.hapt.task": ("all", "activities"),
+    "data.hapt.task": ("all", "activities", "episodes"),
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),

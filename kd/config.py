@@ -47,7 +47,7 @@ class SyntheticConfig:
 class HaptConfig:
     """UCI HAPT recordings (kd/data/hapt.py): 30 subjects, waist phone, acc + gyro at 50 Hz."""
     root: Optional[str] = None        # the folder holding RawData/ (UCI layout); required with data.name=hapt
-    task: str = "all"                 # "all": 12 classes (6 activities + 6 postural transitions) | "activities": UCI-HAR's 6
+    task: str = "all"                 # "all": 12 classes (6 + 6 transitions) | "activities": UCI-HAR's 6 | "episodes" (hapt.py)
     window: int = 128                 # raw samples per window (2.56 s, UCI-HAR's)
     stride: int = 64                  # 50 % overlap, UCI-HAR's
     min_fill: float = 0.5             # a segment shorter than the window gets one centred window if it fills this share
@@ -130,10 +130,9 @@ class FusionConfig:
     """Text guidance (MMVQShape): signal-text cross-attention, action decoder and codebook."""
     heads: int = 4
     vocab_prob: float = 0.5         # fraction of training samples whose keys are the whole vocabulary
-    # Keys of the signal-text attention when teaching: "vocab" = the whole sub-action vocabulary, as at test time,
-    # so the targets are a function of the window alone; "class" = the window's own class sentences (privileged
-    # text the student never sees). Student +0.024 [-0.006, +0.054] for "vocab" (30 units on watch; corrected
-    # p 0.46, unresolved; validation subjects +0.011: experiments/RESULTS.md section 0n).
+    # Keys of the signal-text attention when teaching: "vocab" = the whole sub-action vocabulary, as at test time
+    # (targets a function of the window alone); "class" = the window's own class sentences (privileged text).
+    # Student +0.024 for "vocab" (30 units on watch, corrected p 0.46, unresolved: experiments/RESULTS.md §0n).
     teach_keys: str = "vocab"
     action_hidden: int = 64
     con_temperature: float = 0.1
@@ -150,6 +149,7 @@ class FusionConfig:
     lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
     align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
     align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
+    align_cyclic: bool = True       # the last sub-action may advance to the first (a repeating activity)
     align_scores_from_step: Optional[int] = None   # E-step emissions from the scores from this step (None: the code table)
     align_code_decay: float = 0.98      # code-table counts are multiplied by this every training step
     align_code_smoothing: float = 0.1   # added to every count before normalising over codes

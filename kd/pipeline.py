@@ -80,7 +80,7 @@ def text_tensors(cfg, splits) -> Tuple[Optional[Dict], Optional[object]]:
     if cfg.teacher.arch != "vqshape" or not cfg.teacher.text_guidance:
         return None, None
     from kd.text import build_text_bank
-    bank = build_text_bank(cfg.text, splits.class_names, cfg.data.name)
+    bank = build_text_bank(cfg.text, splits.class_names, cfg.data.name, splits.details.get("dataset_classes", ()))
     tensors = {"vocab_emb": bank.vocab_emb, "class_index": bank.class_index,
                "class_mask": bank.class_mask, "label_emb": bank.label_emb}
     return tensors, bank

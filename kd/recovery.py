@@ -25,13 +25,15 @@ def primitive_of_vocab(vocab_texts: Sequence[str], primitives: Dict[str, str], o
 
 
 def span_majority(gt: torch.Tensor, t: torch.Tensor, l: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """gt (B, L) labels per time step; t, l (B, G, 1) spans -> (B, G) majority label inside each span."""
+    """gt (B, L) labels per time step (-1: no truth); t, l (B, G, 1) spans -> (B, G) majority label inside
+    each span, -1 where no step under it has a label."""
     L = gt.shape[1]
     pos = torch.arange(L, device=gt.device, dtype=t.dtype)
     start, end = t * (L - 1), (t + l).clamp(max=1) * (L - 1)
     inside = ((pos >= start.floor()) & (pos <= end.ceil())).to(t.dtype)              # (B, G, L)
-    onehot = torch.nn.functional.one_hot(gt, num_labels).to(t.dtype)                 # (B, L, P)
-    return (inside @ onehot).argmax(dim=-1)                                           # (B, G)
+    onehot = F.one_hot(gt.clamp(min=0), num_labels).to(t.dtype) * (gt >= 0)[..., None]  # (B, L, P)
+    counts = inside @ onehot                                                           # (B, G, P)
+    return counts.argmax(dim=-1).masked_fill(counts.sum(-1) == 0, -1)                 # (B, G)
 
 
 TokenFn = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -57,16 +59,17 @@ def subaction_recovery(tokens: TokenFn, dataset, vocab_primitive: torch.Tensor, 
     for batch in DataLoader(dataset, batch_size=batch_size):
         t, l, logits = tokens(batch["x"], batch["y"])
         t, l = t.float().cpu(), l.float().cpu()
-        gt = batch["subaction"]                                                       # (B, L)
+        gt = batch["subaction"]                                                       # (B, L), -1: no truth
         truth = span_majority(gt, t, l, num_primitives)                               # (B, G)
         pred = vocab_primitive[logits.argmax(-1).cpu()]                               # (B, G)
-        hits += int((pred == truth).sum())
-        total += truth.numel()
-        truth_counts += torch.bincount(truth.flatten(), minlength=num_primitives)
+        known, known_steps = truth >= 0, gt >= 0
+        hits += int((pred == truth)[known].sum())
+        total += int(known.sum())
+        truth_counts += torch.bincount(truth[known], minlength=num_primitives)
         step_pred = step_predictions(pred, t, l, gt.shape[1])
-        step_hits += int((step_pred == gt).sum())
-        steps += gt.numel()
-        step_counts += torch.bincount(gt.flatten(), minlength=num_primitives)
+        step_hits += int((step_pred == gt)[known_steps].sum())
+        steps += int(known_steps.sum())
+        step_counts += torch.bincount(gt[known_steps], minlength=num_primitives)
     return {"token_acc": hits / max(total, 1), "step_acc": step_hits / max(steps, 1),
             "majority": float(truth_counts.max()) / max(total, 1),
             "step_majority": float(step_counts.max()) / max(steps, 1),
@@ -155,6 +158,26 @@ def student_tokens(distiller, head: str = "action_logits") -> TokenFn:
     return fn
 
 
+def given_class_tokens(tokens: TokenFn, teacher) -> TokenFn:
+    """Any scorer's decoding *given the true class*, through the teacher's chain (MMVQShape.decode's, with the
+    teacher's `align_p_stay`, `align_cyclic` and N time bins): the log-softmax scores of the class's sub-actions,
+    averaged over the tokens whose span centre falls in each bin; the best ordered path; each token the state of
+    its bin, as one-hot logits. For a student's sub-action head, which has no score prior to divide by."""
+    from teachers.alignment import chain_viterbi, pool_bins, time_bins
+
+    def fn(x, y):
+        t, l, scores = tokens(x, y)
+        G, M, N = scores.shape[1], scores.shape[2], teacher.cfg.num_token
+        ids = teacher.class_index[y]                                                  # (B, K)
+        lp = scores.float().log_softmax(-1).gather(-1, ids[:, None, :].expand(-1, G, -1))  # (B, G, K)
+        bins = time_bins((t + l / 2).squeeze(-1), N)                                  # (B, G)
+        emit = pool_bins(lp, bins, N) / pool_bins(torch.ones_like(lp[..., :1]), bins, N).clamp(min=1)
+        path, _ = chain_viterbi(emit, teacher.class_mask[y].sum(1), cyclic=teacher.fusion.align_cyclic,
+                                p_stay=teacher.fusion.align_p_stay)                   # (B, N)
+        return t, l, F.one_hot(ids.gather(1, path.gather(1, bins)), M).float()
+    return fn
+
+
 @torch.no_grad()
 def argmax_agreement(student: Callable, teacher: Callable, dataset, batch_size: int = 64) -> float:
     """Share of tokens whose argmax sub-action under `student(x)` equals that under `teacher(x, y)` (both
@@ -165,6 +188,18 @@ def argmax_agreement(student: Callable, teacher: Callable, dataset, batch_size: 
         same += int((s.argmax(-1) == t.argmax(-1)).sum())
         total += s.shape[0] * s.shape[1]
     return same / max(total, 1)
+
+
+def hapt_vocab_map(vocab_texts: List[str], path) -> torch.Tensor:
+    """Vocabulary -> EPISODE_TRUTH ids (kd/data/hapt.py), the terms HAPT's per-sample labels give: a sentence
+    of a posture class's sub-actions (SITTING, STANDING, LAYING) names that posture, every other sentence (the
+    transitions' movements) TRANSITION: the data set labels a transition as one segment, not its phases."""
+    from kd.data.hapt import ACTIVITIES, EPISODE_TRUTH
+    from kd.text.descriptions import load_descriptions
+    desc = load_descriptions(path, ACTIVITIES)
+    posture = {s: EPISODE_TRUTH.index(name) for name, subs in zip(desc.class_names, desc.subactions)
+               if name in EPISODE_TRUTH for s in subs}
+    return torch.tensor([posture.get(t, EPISODE_TRUTH.index("TRANSITION")) for t in vocab_texts], dtype=torch.long)
 
 
 def synthetic_vocab_map(vocab_texts: List[str], path) -> torch.Tensor:

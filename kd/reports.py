@@ -37,15 +37,21 @@ def teacher_health(teacher, splits, state: PartialState) -> Dict:
 
 
 def recovery_scorer(cfg, splits, t_meta: Optional[Dict]):
-    """(token_fn, dataset = the test split) -> sub-action recovery, when the data are synthetic and the
-    teacher has sub-actions; else None."""
-    if cfg.data.name != "synthetic" or not t_meta or "vocab_texts" not in t_meta:
+    """(token_fn, dataset = the test split) -> sub-action recovery, when the windows carry the truth of every
+    time step (synthetic data, HAPT's transition episodes) and the teacher has sub-actions; else None."""
+    episodes = cfg.data.name == "hapt" and cfg.data.hapt.task == "episodes"
+    if not (cfg.data.name == "synthetic" or episodes) or not t_meta or "vocab_texts" not in t_meta:
         return None
-    from kd.data.synthetic import PRIMITIVES
-    from kd.recovery import subaction_recovery, synthetic_vocab_map
+    from kd.recovery import hapt_vocab_map, subaction_recovery, synthetic_vocab_map
     from kd.text import description_file
-    vmap = synthetic_vocab_map(t_meta["vocab_texts"], description_file(cfg.text, "synthetic"))
-    return lambda token_fn, dataset=splits.test: subaction_recovery(token_fn, dataset, vmap, len(PRIMITIVES))
+    path = description_file(cfg.text, cfg.data.name)
+    if episodes:
+        from kd.data.hapt import EPISODE_TRUTH as labels
+        vmap = hapt_vocab_map(t_meta["vocab_texts"], path)
+    else:
+        from kd.data.synthetic import PRIMITIVES as labels
+        vmap = synthetic_vocab_map(t_meta["vocab_texts"], path)
+    return lambda token_fn, dataset=splits.test: subaction_recovery(token_fn, dataset, vmap, len(labels))
 
 
 def subaction_report(cfg, splits, teacher, t_meta: Optional[Dict]) -> Dict:
@@ -93,7 +99,10 @@ def student_subaction_report(splits, distiller, teacher, score) -> Dict:
         from kd.recovery import student_tokens
         report["subaction_recovery"] = score(student_tokens(distiller.eval()))
         if distiller.sub_head is not None:   # the head distilled from the teacher's sub-action scores
+            from kd.recovery import given_class_tokens
             report["subaction_recovery_scores"] = score(student_tokens(distiller, "sub_logits"))
+            report["subaction_recovery_given_class"] = score(given_class_tokens(student_tokens(distiller, "sub_logits"),
+                                                                                teacher))
             report["subaction_recovery_scores_val"] = score(student_tokens(distiller, "sub_logits"), splits.val)
     if distiller.sub_head is not None and len(splits.val):
         from kd.recovery import argmax_agreement

@@ -106,11 +106,12 @@ def chain_viterbi(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool =
 
 # ----------------------------------------------------------------------------- targets over a vocabulary
 @torch.no_grad()
-def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, p_stay: float = 0.5) -> torch.Tensor:
-    """E-step posteriors (S, L, K) of S sequences: ordered = the cyclic chain's forward-backward; else the
-    emissions' softmax over each sequence's states (the set of its sub-actions, no order)."""
+def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, p_stay: float = 0.5,
+                     cyclic: bool = True) -> torch.Tensor:
+    """E-step posteriors (S, L, K) of S sequences: ordered = the chain's forward-backward (cyclic or not); else
+    the emissions' softmax over each sequence's states (the set of its sub-actions, no order)."""
     if ordered:
-        return chain_posteriors(emit, n_states, cyclic=True, p_stay=p_stay)[0]
+        return chain_posteriors(emit, n_states, cyclic=cyclic, p_stay=p_stay)[0]
     valid = torch.arange(emit.shape[2], device=emit.device)[None, :] < n_states[:, None]
     return emit.float().masked_fill(~valid[:, None, :], NEG).softmax(dim=-1)
 

@@ -2,7 +2,8 @@
 
 Every data set ends as a `Splits`: three `torch.utils.data.Dataset`s whose items are dicts
 `{"x": float32 [C, L], "y": int64 [], "subject": int64 [], "index": int64 []}` (the synthetic
-set adds `"subaction": int64 [L]`). Each dataset also exposes `labels` and `subjects` as numpy
+set and HAPT's transition episodes add `"subaction": int64 [L]`, the truth at every time step, -1 where
+there is none). Each dataset also exposes `labels` and `subjects` as numpy
 int64 arrays [N], so summaries and class weights never touch the signal.
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ class TensorWindows(Dataset):
     """In-memory windows: one preallocated float32 tensor [N, C, L], resampled once at build time."""
 
     def __init__(self, x: torch.Tensor, labels: np.ndarray, subjects: np.ndarray,
-                 recordings: Optional[np.ndarray] = None):
+                 recordings: Optional[np.ndarray] = None, subaction: Optional[torch.Tensor] = None):
         if x.dtype != torch.float32 or x.dim() != 3:
             raise DataError(f"TensorWindows needs float32 [N, C, L], got {x.dtype} {tuple(x.shape)}")
         if not len(x) == len(labels) == len(subjects):
@@ -66,6 +67,9 @@ class TensorWindows(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)        # (N,)
         self.subjects = np.asarray(subjects, dtype=np.int64)    # (N,)
         self.recordings = recordings                            # (N,) source recording of each window, or None
+        if subaction is not None and tuple(subaction.shape) != (len(x), x.shape[2]):
+            raise DataError(f"subaction truth must be [N, L] = {[len(x), x.shape[2]]}, got {list(subaction.shape)}")
+        self.subaction = subaction                              # (N, L) int64 truth per time step (-1: none), or None
         self.y = torch.from_numpy(self.labels)
         self.subject = torch.from_numpy(self.subjects)
 
@@ -74,8 +78,10 @@ class TensorWindows(Dataset):
 
     def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
         i = check_index(i, len(self))
-        return {"x": self.x[i], "y": self.y[i], "subject": self.subject[i],
-                "index": torch.tensor(i, dtype=torch.int64)}
+        item = {"x": self.x[i], "y": self.y[i], "subject": self.subject[i], "index": torch.tensor(i, dtype=torch.int64)}
+        if self.subaction is not None:
+            item["subaction"] = self.subaction[i]
+        return item
 
 
 def check_index(i: int, n: int) -> int:

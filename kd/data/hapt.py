@@ -18,7 +18,9 @@ sample of a window has the window's label. A segment shorter than a window (post
 1.5-10 s; 7-29 of each transition's ~60 are under 2.56 s) gives one window centred on it, holding the
 whole transition and its neighbours' edges, kept when the transition fills at least data.hapt.min_fill
 of it (the fill of each such window is summarised in `info`). Task "activities" keeps ids 1-6 (UCI-HAR's
-6 classes); "all" keeps the 12. Split by subject: default test subjects are UCI-HAR's
+6 classes); "all" keeps the 12; "episodes" is one window of data.hapt.window samples centred on each postural
+transition (usually posture, transition, posture), classed by its transition, with the truth of every time step
+(EPISODE_TRUTH) as the item's "subaction": what sub-action recovery is scored against. Split by subject: default test subjects are UCI-HAR's
 (2 4 9 10 12 13 18 20 24), validation the last 3 of the other sorted subject ids.
 """
 from __future__ import annotations
@@ -37,6 +39,9 @@ SAMPLE_RATE_HZ = 50
 ACTIVITIES = ("WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING",
               "STAND_TO_SIT", "SIT_TO_STAND", "SIT_TO_LIE", "LIE_TO_SIT", "STAND_TO_LIE", "LIE_TO_STAND")
 TASK_CLASSES = {"activities": 6, "all": 12}       # activity ids 1..n of each task
+# task "episodes": one window around each postural transition, classed by the transition (ids 7-12), with
+# the truth of every time step in these terms (the data set labels a transition as one segment, not its phases)
+EPISODE_TRUTH = ("SITTING", "STANDING", "LAYING", "TRANSITION")
 UCI_HAR_TEST_SUBJECTS = (2, 4, 9, 10, 12, 13, 18, 20, 24)
 VAL_SUBJECTS_DEFAULT = 3                          # the last 3 sorted subject ids not in test
 CHANNELS = ("acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z")
@@ -203,10 +208,26 @@ def default_test_subjects(cfg: Any, known: List[int]) -> List[int]:
     return [s for s in UCI_HAR_TEST_SUBJECTS if s in known]
 
 
+def episode_truth(labels: np.ndarray) -> np.ndarray:
+    """Activity ids -> EPISODE_TRUTH ids: the postures 4-6 -> 0-2, any transition 7-12 -> 3; unlabelled samples
+    and the walking activities 1-3 (not a posture nor a transition) -> -1, scored nowhere."""
+    lut = np.full(len(ACTIVITIES) + 1, -1, dtype=np.int64)
+    lut[4:7], lut[7:] = (0, 1, 2), 3
+    return lut[labels]
+
+
+def cut_episodes(sessions: List[Session], window: int) -> Dict[str, Any]:
+    """Task "episodes": transition_episodes as the windows of a classification task (class = the transition)."""
+    ep = transition_episodes(sessions, window)
+    return {"x": ep.x, "y": ep.transition - (TASK_CLASSES["activities"] + 1), "subject": ep.subject,
+            "session": ep.session, "truth": episode_truth(ep.labels)}
+
+
 def build_hapt(cfg: Any) -> Splits:
     length = check_length(cfg.length)
     sessions = read_sessions(cfg.hapt.root)
-    w = cut_sessions(sessions, cfg)
+    episodes = cfg.hapt.task == "episodes"
+    w = cut_episodes(sessions, cfg.hapt.window) if episodes else cut_sessions(sessions, cfg)
     known = sorted({s.user for s in sessions})
     test = default_test_subjects(cfg, known)
     val = as_list(cfg.val_subjects)
@@ -218,16 +239,24 @@ def build_hapt(cfg: Any) -> Splits:
     if cfg.val_subjects is None:
         how["val_subjects_from"] = f"default: the last {VAL_SUBJECTS_DEFAULT} of the sorted subject ids not in test"
     x = resample(torch.from_numpy(w["x"]), length)                               # (N, C, L) float32
-    sets = {s: TensorWindows(x[i].contiguous(), w["y"][i], w["subject"][i], recordings=w["session"][i])
+    # per-step truth: the label of the raw sample nearest each resampled step (resample's positions)
+    truth = torch.from_numpy(w["truth"][:, np.rint(np.linspace(0, cfg.hapt.window - 1, length)).astype(int)]) \
+        if episodes else None
+    sets = {s: TensorWindows(x[i].contiguous(), w["y"][i], w["subject"][i], recordings=w["session"][i],
+                             subaction=None if truth is None else truth[i].contiguous())
             for s, i in index.items()}
-    n_classes = TASK_CLASSES[cfg.hapt.task]
-    details = {"source": str(Path(cfg.hapt.root)), "task": cfg.hapt.task, "sample_rate_hz": SAMPLE_RATE_HZ,
-               "channels": list(CHANNELS), "sessions": len(sessions), "window": cfg.hapt.window,
-               "stride": cfg.hapt.stride, "resampled": f"{cfg.hapt.window} -> {length}",
-               "windows_per_class": dict(zip(ACTIVITIES[:n_classes],
-                                             map(int, np.bincount(w["y"], minlength=n_classes)))),
-               "short_segments": w["short_segments"]}
-    return Splits(**sets, class_names=list(ACTIVITIES[:n_classes]), num_channels=x.shape[1], length=length,
+    names = list(ACTIVITIES[TASK_CLASSES["activities"]:]) if episodes else list(ACTIVITIES[:TASK_CLASSES[cfg.hapt.task]])
+    details = {"source": str(Path(cfg.hapt.root)), "task": cfg.hapt.task, "dataset_classes": list(ACTIVITIES),
+               "sample_rate_hz": SAMPLE_RATE_HZ, "channels": list(CHANNELS), "sessions": len(sessions),
+               "window": cfg.hapt.window, "resampled": f"{cfg.hapt.window} -> {length}",
+               "windows_per_class": dict(zip(names, map(int, np.bincount(w["y"], minlength=len(names)))))}
+    if episodes:
+        counts = np.bincount(w["truth"].ravel() + 1, minlength=len(EPISODE_TRUTH) + 1) / w["truth"].size
+        details["step_truth"] = {"labels": list(EPISODE_TRUTH),
+                                 "share": dict(zip(("none",) + EPISODE_TRUTH, (round(float(c), 4) for c in counts)))}
+    else:
+        details.update(stride=cfg.hapt.stride, short_segments=w["short_segments"])
+    return Splits(**sets, class_names=names, num_channels=x.shape[1], length=length,
                   name="hapt", split=how, details=details)
 
 
@@ -239,6 +268,7 @@ class Episodes:
     labels: np.ndarray              # (N, length) int64 activity id of every sample, 0 where unlabelled
     transition: np.ndarray          # (N,) int64 activity id (7-12) of the transition each episode is centred on
     subject: np.ndarray             # (N,) int64
+    session: np.ndarray             # (N,) int64 index of the episode's session
 
     def transcript(self, i: int) -> List[int]:
         """The activity ids episode i runs through, in order (runs of one id collapsed, unlabelled gaps left out)."""
@@ -249,8 +279,10 @@ class Episodes:
 def transition_episodes(sessions: List[Session], length: int = 500) -> Episodes:
     """One window of `length` samples (500: 10 s) centred on each transition segment (activity id > 6) that
     lies far enough from its session's ends; usually posture, transition, posture."""
-    x, labels, trans, subj = [], [], [], []
-    for s in sessions:
+    if length < 2:
+        raise DataError(f"data.hapt.window={length} (the episode length) must be >= 2")
+    x, labels, trans, subj, sess = [], [], [], [], []
+    for k, s in enumerate(sessions):
         truth = s.sample_labels()
         for act, first, last in s.segments:
             start = (int(first) + int(last) + 1) // 2 - length // 2
@@ -260,7 +292,8 @@ def transition_episodes(sessions: List[Session], length: int = 500) -> Episodes:
             labels.append(truth[start:start + length])
             trans.append(int(act))
             subj.append(s.user)
+            sess.append(k)
     if not x:
         raise DataError(f"no transition segment lies {length // 2} samples from both ends of its session; "
                         f"shorten the episode length ({length})")
-    return Episodes(np.stack(x).astype(np.float32), np.stack(labels), np.array(trans), np.array(subj))
+    return Episodes(np.stack(x).astype(np.float32), np.stack(labels), np.array(trans), np.array(subj), np.array(sess))

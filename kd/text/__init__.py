@@ -79,9 +79,10 @@ def description_file(text_cfg, dataset: str) -> Path:
     return default_file(dataset)
 
 
-def build_text_bank(text_cfg, class_names: Sequence[str], dataset: str) -> TextBank:
-    """`text_cfg`: the `text` node of the run config (OmegaConf) or a `TextConfig` dataclass."""
-    desc = load_descriptions(description_file(text_cfg, dataset), class_names)
+def build_text_bank(text_cfg, class_names: Sequence[str], dataset: str, dataset_classes: Sequence[str] = ()) -> TextBank:
+    """`text_cfg`: the `text` node of the run config (OmegaConf) or a `TextConfig` dataclass; `dataset_classes`:
+    the data set's classes this task leaves out, which its file may describe (load_descriptions)."""
+    desc = load_descriptions(description_file(text_cfg, dataset), class_names, dataset_classes)
     enc = TextEncoder(text_cfg.model, text_cfg.cache_dir, text_cfg.max_length, text_cfg.batch_size)
     emb = enc.encode(desc.labels + [s for subs in desc.subactions for s in subs])   # one call: one load at most
     n = len(desc.labels)

@@ -121,12 +121,14 @@ def read_primitives(doc: dict, path: Path) -> Dict[str, str]:
     return {str(k): sentence(v, f"primitive {k!r}", path) for k, v in prim.items()}
 
 
-def load_descriptions(path, class_names: Sequence[str]) -> ClassDescriptions:
-    """Labels and sub-actions in `class_names` order; a `TextError` naming file and entry otherwise."""
+def load_descriptions(path, class_names: Sequence[str], dataset_classes: Sequence[str] = ()) -> ClassDescriptions:
+    """Labels and sub-actions in `class_names` order; a `TextError` naming file and entry otherwise.
+    `dataset_classes`: the data set's classes outside this task's (e.g. HAPT's activities when the task is its
+    transitions), which the file may describe too."""
     path = Path(path)
     doc, classes = read_classes(path)
     class_names = [str(c) for c in class_names]
-    extra = [c for c in classes if c not in class_names]
+    extra = [c for c in classes if c not in class_names and c not in dataset_classes]
     if extra:
         raise TextError(f"{path} describes classes {extra} that the data set does not have "
                         f"(its classes: {class_names}); fix the names (a typo?) or remove them")
