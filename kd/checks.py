@@ -16,6 +16,7 @@ CHOICES = {
     "stage": ("teacher", "student", "all"),
     "data.name": ("watch", "npz", "synthetic", "hapt"),
     "data.hapt.task": ("all", "activities", "episodes"),
+    "teacher.fusion.align_chain": ("cyclic", "once"),
     "data.npz.layout": ("NTC", "NCT"),
     "teacher.fusion.teach_keys": ("class", "vocab"),
     "teacher.fusion.action_target": ("ordered", "set", "attention"),

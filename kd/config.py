@@ -149,7 +149,7 @@ class FusionConfig:
     lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
     align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
     align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
-    align_cyclic: bool = True       # the last sub-action may advance to the first (a repeating activity)
+    align_chain: str = "cyclic"     # "cyclic": repeats, any start | "once": first sub-action to last (an episode)
     align_scores_from_step: Optional[int] = None   # E-step emissions from the scores from this step (None: the code table)
     align_code_decay: float = 0.98      # code-table counts are multiplied by this every training step
     align_code_smoothing: float = 0.1   # added to every count before normalising over codes

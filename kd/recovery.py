@@ -158,23 +158,50 @@ def student_tokens(distiller, head: str = "action_logits") -> TokenFn:
     return fn
 
 
-def given_class_tokens(tokens: TokenFn, teacher) -> TokenFn:
-    """Any scorer's decoding *given the true class*, through the teacher's chain (MMVQShape.decode's, with the
-    teacher's `align_p_stay`, `align_cyclic` and N time bins): the log-softmax scores of the class's sub-actions,
-    averaged over the tokens whose span centre falls in each bin; the best ordered path; each token the state of
-    its bin, as one-hot logits. For a student's sub-action head, which has no score prior to divide by."""
-    from teachers.alignment import chain_viterbi, pool_bins, time_bins
+class Transcripts(torch.nn.Module):
+    """Each class's ordered sub-actions as vocabulary ids (buffers `class_index`, `class_mask`: the teacher's) and
+    the chain a decoding given the class runs on (MMVQShape.decode's: `n_bins` equal time bins, `p_stay`,
+    `chain`): what decoding a scorer's tokens given a class needs of the teacher, small enough for an exported
+    student to carry."""
 
-    def fn(x, y):
-        t, l, scores = tokens(x, y)
-        G, M, N = scores.shape[1], scores.shape[2], teacher.cfg.num_token
-        ids = teacher.class_index[y]                                                  # (B, K)
+    def __init__(self, class_index: torch.Tensor, class_mask: torch.Tensor, n_bins: int, p_stay: float, chain: str):
+        super().__init__()
+        self.register_buffer("class_index", class_index.long().clone())              # (n_cls, K)
+        self.register_buffer("class_mask", class_mask.bool().clone())                # (n_cls, K)
+        self.n_bins, self.p_stay, self.chain = int(n_bins), float(p_stay), str(chain)
+
+    @classmethod
+    def of(cls, teacher) -> "Transcripts":
+        return cls(teacher.class_index, teacher.class_mask, teacher.cfg.num_token, teacher.fusion.align_p_stay,
+                   teacher.fusion.align_chain)
+
+    @property
+    def args(self) -> Dict:
+        """The constructor's arguments but the buffers' values (their shape instead): what meta.json keeps."""
+        return {"shape": list(self.class_index.shape), "n_bins": self.n_bins, "p_stay": self.p_stay,
+                "chain": self.chain}
+
+    @torch.no_grad()
+    def decode(self, t: torch.Tensor, l: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Tokens' spans t, l (B, G, 1) and scores (B, G, M) over the vocabulary, classes y (B,) -> each token's
+        vocabulary id (B, G) on the best ordered path through its window's class: the log-softmax scores of the
+        class's sub-actions averaged over the tokens whose span centre falls in each time bin, chain_viterbi,
+        each token the state of its bin. (A student's head has no score prior to divide by, unlike the teacher.)"""
+        from teachers.alignment import chain_kwargs, chain_viterbi, pool_bins, time_bins
+        G, N = scores.shape[1], self.n_bins
+        ids = self.class_index[y]                                                     # (B, K)
         lp = scores.float().log_softmax(-1).gather(-1, ids[:, None, :].expand(-1, G, -1))  # (B, G, K)
         bins = time_bins((t + l / 2).squeeze(-1), N)                                  # (B, G)
         emit = pool_bins(lp, bins, N) / pool_bins(torch.ones_like(lp[..., :1]), bins, N).clamp(min=1)
-        path, _ = chain_viterbi(emit, teacher.class_mask[y].sum(1), cyclic=teacher.fusion.align_cyclic,
-                                p_stay=teacher.fusion.align_p_stay)                   # (B, N)
-        return t, l, F.one_hot(ids.gather(1, path.gather(1, bins)), M).float()
+        path, _ = chain_viterbi(emit, self.class_mask[y].sum(1), **chain_kwargs(self.chain), p_stay=self.p_stay)
+        return ids.gather(1, path.gather(1, bins))
+
+
+def given_class_tokens(tokens: TokenFn, transcripts: Transcripts) -> TokenFn:
+    """Any scorer's tokens decoded *given the true class* (Transcripts.decode), as one-hot logits."""
+    def fn(x, y):
+        t, l, scores = tokens(x, y)
+        return t, l, F.one_hot(transcripts.decode(t, l, scores, y), scores.shape[-1]).float()
     return fn
 
 
@@ -188,6 +215,70 @@ def argmax_agreement(student: Callable, teacher: Callable, dataset, batch_size: 
         same += int((s.argmax(-1) == t.argmax(-1)).sum())
         total += s.shape[0] * s.shape[1]
     return same / max(total, 1)
+
+
+def majority_guess(train, test, num_labels: int) -> float:
+    """Step recovery of always naming the commonest labelled step of the training windows (`subaction`)."""
+    def counts(d):
+        gt = d.subaction[d.subaction >= 0]
+        return torch.bincount(gt, minlength=num_labels)
+    return float(counts(test)[counts(train).argmax()]) / max(int(counts(test).sum()), 1)
+
+
+def supervised_ceiling(teacher, splits, num_labels: int, seed: int = 0, epochs: int = 300, check_every: int = 25,
+                       lr: float = 1e-3) -> Dict:
+    """What the teacher's label-free scores could reach at most from their own inputs: a reader of the same
+    architecture (BinConvReader over the same time-bin features, MMVQShape.bin_features, each token taking its
+    bin's output) trained on the *true* label of every training token (the majority step under its span),
+    full-batch Adam on inputs standardised by the training tokens' statistics, the epoch chosen on the
+    validation windows' step recovery; its recovery of the test windows (subaction_recovery)."""
+    from teachers.mmvqshape import BinConvReader
+    teacher.eval()
+
+    @torch.no_grad()
+    def inputs(dataset):
+        rows = {"ctx": [], "bins": [], "truth": []}
+        for b in DataLoader(dataset, batch_size=64):
+            B = len(b["y"])
+            out = teacher(b["x"], keys="vocab", reconstruct=False)
+            ctx, bins = teacher.bin_features(out, B)                                  # (B, N, W), (B, C*N, 1)
+            t, l = out["t"].float().view(B, -1, 1), out["l"].float().view(B, -1, 1)
+            rows["ctx"].append(ctx.float())
+            rows["bins"].append(bins.squeeze(-1))
+            rows["truth"].append(span_majority(b["subaction"], t, l, num_labels))
+        return {k: torch.cat(v) for k, v in rows.items()}
+
+    tr = inputs(splits.train)
+    mean, std = tr["ctx"].flatten(0, 1).mean(0), tr["ctx"].flatten(0, 1).std(0) + 1e-6
+    torch.manual_seed(seed)
+    reader = BinConvReader(tr["ctx"].shape[-1], num_labels, teacher.cfg.dim, max(teacher.fusion.sub_layers, 1))
+    opt = torch.optim.Adam(reader.parameters(), lr=lr, weight_decay=1e-4)
+    per_token = lambda ctx, bins: reader((ctx - mean) / std).gather(  # noqa: E731
+        1, bins[..., None].expand(-1, -1, num_labels))                                 # (B, C*N, P)
+
+    def tokens(x, y):
+        out = teacher(x, keys="vocab", reconstruct=False)
+        ctx, bins = teacher.bin_features(out, len(y))
+        return out["t"].view(len(y), -1, 1), out["l"].view(len(y), -1, 1), per_token(ctx.float(), bins.squeeze(-1))
+
+    identity = torch.arange(num_labels)
+    known = tr["truth"] >= 0
+    best, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(1, epochs + 1):
+        reader.train()
+        loss = F.cross_entropy(per_token(tr["ctx"], tr["bins"])[known], tr["truth"][known])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if epoch % check_every == 0:
+            reader.eval()
+            val = subaction_recovery(tokens, splits.val, identity, num_labels)["step_acc"]
+            if val > best:
+                best, best_epoch = val, epoch
+                best_state = {k: v.clone() for k, v in reader.state_dict().items()}
+    reader.load_state_dict(best_state)
+    reader.eval()
+    return {**subaction_recovery(tokens, splits.test, identity, num_labels), "val_step_acc": best, "epoch": best_epoch}
 
 
 def hapt_vocab_map(vocab_texts: List[str], path) -> torch.Tensor:

@@ -99,10 +99,10 @@ def student_subaction_report(splits, distiller, teacher, score) -> Dict:
         from kd.recovery import student_tokens
         report["subaction_recovery"] = score(student_tokens(distiller.eval()))
         if distiller.sub_head is not None:   # the head distilled from the teacher's sub-action scores
-            from kd.recovery import given_class_tokens
+            from kd.recovery import Transcripts, given_class_tokens
             report["subaction_recovery_scores"] = score(student_tokens(distiller, "sub_logits"))
             report["subaction_recovery_given_class"] = score(given_class_tokens(student_tokens(distiller, "sub_logits"),
-                                                                                teacher))
+                                                                                Transcripts.of(teacher)))
             report["subaction_recovery_scores_val"] = score(student_tokens(distiller, "sub_logits"), splits.val)
     if distiller.sub_head is not None and len(splits.val):
         from kd.recovery import argmax_agreement

@@ -145,12 +145,27 @@ def build_distiller(cfg, splits, teacher: nn.Module, group: Optional[nn.Module] 
 
 
 def student_meta(cfg, splits, student: nn.Module, workspace: Optional[nn.Module], teacher_meta_: Optional[Dict],
-                 role: str) -> Dict:
-    return {"role": role, "arch": cfg.student.arch, "config": OmegaConf.to_container(cfg, resolve=True),
+                 role: str, timeline: Optional[Dict[str, nn.Module]] = None) -> Dict:
+    meta = {"role": role, "arch": cfg.student.arch, "config": OmegaConf.to_container(cfg, resolve=True),
             "class_names": list(splits.class_names), "num_channels": splits.num_channels,
             "length": splits.length, "num_actions": student.num_actions,
             "workspace": workspace.args if workspace is not None else None,        # its constructor arguments
             "teacher": (teacher_meta_ or {}).get("arch")}
+    if timeline:   # what kd.predict rebuilds the sub-action read-out from, and the sentences it names
+        a, h = timeline["adapter"], timeline["sub_head"]
+        meta["timeline"] = {"adapter": {"num_tokens": a.num_tokens, "dim_code": a.dim_code},
+                            "sub_head": {"context": h.context, "num_actions": h.linear.out_features},
+                            "transcripts": timeline["transcripts"].args, "vocab_texts": teacher_meta_["vocab_texts"]}
+    return meta
+
+
+def timeline_parts(distiller: Distiller, teacher: nn.Module) -> Optional[Dict[str, nn.Module]]:
+    """A student distilled from the teacher's sub-action scores (sub_kl) exports what tells a window's sub-actions
+    over time: its token adapter, its sub-action head and the classes' transcripts (kd.predict --timeline)."""
+    if distiller.sub_head is None:
+        return None
+    from kd.recovery import Transcripts
+    return {"adapter": distiller.adapter, "sub_head": distiller.sub_head, "transcripts": Transcripts.of(teacher)}
 
 
 def load_extra_teachers(cfg, splits) -> Dict[str, nn.Module]:
@@ -179,8 +194,9 @@ def train_student(cfg, splits, teacher: nn.Module, t_meta, run_dir: Path,
     summary = fit(accel, cfg, spec, distiller, splits.train, splits.val, splits.class_names, run_dir)
     distiller = accel.unwrap_model(distiller)
     if accel.is_main_process:
-        save_model(run_dir / "student", student_export(distiller.student, distiller.workspace),
-                   student_meta(cfg, splits, distiller.student, distiller.workspace, t_meta, "student"))
+        parts = timeline_parts(distiller, teacher)
+        save_model(run_dir / "student", student_export(distiller.student, distiller.workspace, parts),
+                   student_meta(cfg, splits, distiller.student, distiller.workspace, t_meta, "student", parts))
     accel.wait_for_everyone()
     return distiller, summary
 
@@ -211,9 +227,12 @@ def train_baseline(cfg, splits, run_dir: Path) -> Tuple[nn.Module, Dict]:
     return student, summary
 
 
-def student_export(student: nn.Module, workspace: Optional[nn.Module]) -> nn.ModuleDict:
-    """What a deployed student is: the network, and the workspace read-out when it has one."""
+def student_export(student: nn.Module, workspace: Optional[nn.Module],
+                   timeline: Optional[Dict[str, nn.Module]] = None) -> nn.ModuleDict:
+    """What a deployed student is: the network, the workspace read-out when it has one, and the sub-action
+    read-out when it learned one (timeline_parts)."""
     export = nn.ModuleDict({"student": student})
     if workspace is not None:
         export["workspace"] = workspace
+    export.update(timeline or {})
     return export

@@ -27,7 +27,7 @@ class TokenAdapter(nn.Module):
 
     def __init__(self, feature_dim: int, num_tokens: int, dim_code: int, dim: int, heads: int, length: int):
         super().__init__()
-        self.feature_dim, self.dim = feature_dim, dim
+        self.feature_dim, self.dim, self.num_tokens, self.dim_code = feature_dim, dim, num_tokens, dim_code
         self.proj = nn.Linear(feature_dim, dim)
         self.pos = nn.Parameter(torch.randn(length, dim) * 0.02)
         self.ctx_norm = nn.LayerNorm(dim)

@@ -14,12 +14,14 @@ Markov chain, and
 Both are vectorised over sequences (one Python step per token, none per state or sequence).
 Sequences may have different numbers of states (`n_states`; states at or past it are padding).
 Transition weights: stay log p_stay, advance log(1 - p_stay); start: uniform over the states.
-Where advancing lands on the same state (one-state cycle) both moves count.
+Where advancing lands on the same state (one-state cycle) both moves count. `anchored` (a window that
+runs through its transcript once, e.g. posture, transition, posture: not cyclic) starts in the first
+state and ends in the last, the alignment of a transcript in weakly supervised action segmentation.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 
@@ -38,63 +40,78 @@ def _neighbours(n_states: torch.Tensor, K: int, cyclic: bool) -> Tuple[torch.Ten
     return valid, prev, prev_ok, nxt, next_ok
 
 
-def _check(log_emit: torch.Tensor, n_states: torch.Tensor, p_stay: float) -> None:
+def _check(log_emit: torch.Tensor, n_states: torch.Tensor, p_stay: float, cyclic: bool, anchored: bool) -> None:
     if log_emit.dim() != 3:
         raise ValueError(f"log_emit must be [sequences, tokens, states], got {list(log_emit.shape)}")
     if n_states.shape != log_emit.shape[:1] or int(n_states.min()) < 1 or int(n_states.max()) > log_emit.shape[2]:
         raise ValueError(f"n_states must be [{log_emit.shape[0]}] with values in 1..{log_emit.shape[2]}")
     if not 0.0 < p_stay < 1.0:
         raise ValueError(f"p_stay={p_stay} must lie in (0, 1)")
+    if anchored and (cyclic or log_emit.shape[1] < int(n_states.max())):
+        raise ValueError(f"an anchored chain visits each of up to {int(n_states.max())} states once in order: it "
+                         f"cannot be cyclic and needs at least as many positions ({log_emit.shape[1]})")
+
+
+def _ends(n_states: torch.Tensor, K: int, anchored: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Log start and end weights (S, K): uniform start and free end, or (anchored) first state to last."""
+    j = torch.arange(K, device=n_states.device).expand(len(n_states), K)
+    if not anchored:
+        return (-n_states.float().log())[:, None].expand(-1, K), torch.zeros(len(n_states), K, device=n_states.device)
+    return (torch.zeros_like(j, dtype=torch.float).masked_fill(j != 0, NEG),
+            torch.zeros_like(j, dtype=torch.float).masked_fill(j != (n_states - 1)[:, None], NEG))
 
 
 @torch.no_grad()
 def chain_posteriors(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool = True,
-                     p_stay: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+                     p_stay: float = 0.5, anchored: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward-backward. log_emit (S, N, K) emission log-probabilities of N ordered tokens over K
     states; n_states (S,) states used per sequence. Returns (posteriors (S, N, K), 0 at padding
     states; log-likelihood (S,)). No gradient flows through either."""
-    _check(log_emit, n_states, p_stay)
+    _check(log_emit, n_states, p_stay, cyclic, anchored)
     S, N, K = log_emit.shape
     e = log_emit.float()
     valid, prev, prev_ok, nxt, next_ok = _neighbours(n_states, K, cyclic)
+    start, end = _ends(n_states, K, anchored)
     e = e.masked_fill(~valid[:, None, :], NEG)
     stay, adv = math.log(p_stay), math.log(1 - p_stay)
     alpha = torch.empty(S, N, K, device=e.device)
-    alpha[:, 0] = e[:, 0] - n_states.float().log()[:, None]
+    alpha[:, 0] = e[:, 0] + start
     for t in range(1, N):
         a = alpha[:, t - 1]
         moved = a.gather(1, prev).masked_fill(~prev_ok, NEG)
         alpha[:, t] = torch.logaddexp(a + stay, moved + adv) + e[:, t]
     beta = torch.zeros(S, N, K, device=e.device).masked_fill(~valid[:, None, :], NEG)
+    beta[:, -1] = beta[:, -1] + end
     for t in range(N - 2, -1, -1):
         b = beta[:, t + 1] + e[:, t + 1]
         moved = b.gather(1, nxt).masked_fill(~next_ok, NEG)
         beta[:, t] = torch.logaddexp(b + stay, moved + adv).masked_fill(~valid, NEG)
-    loglik = torch.logsumexp(alpha[:, -1], dim=-1)
+    loglik = torch.logsumexp(alpha[:, -1] + end, dim=-1)
     post = (alpha + beta - loglik[:, None, None]).exp().masked_fill(~valid[:, None, :], 0.0)
     return post, loglik
 
 
 @torch.no_grad()
 def chain_viterbi(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool = True,
-                  p_stay: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
+                  p_stay: float = 0.5, anchored: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Best state sequence (S, N) and its log-score (S,) under the same chain."""
-    _check(log_emit, n_states, p_stay)
+    _check(log_emit, n_states, p_stay, cyclic, anchored)
     S, N, K = log_emit.shape
     valid, prev, prev_ok, _, _ = _neighbours(n_states, K, cyclic)
+    start, end = _ends(n_states, K, anchored)
     e = log_emit.float().masked_fill(~valid[:, None, :], NEG)
     stay, adv = math.log(p_stay), math.log(1 - p_stay)
     # a one-state cycle reaches itself by both moves
     self_adv = prev_ok & (prev == torch.arange(K, device=e.device))
     stay_w = torch.where(self_adv, torch.tensor(0.0, device=e.device), torch.tensor(stay, device=e.device))
-    delta = e[:, 0] - n_states.float().log()[:, None]
+    delta = e[:, 0] + start
     came_from_prev = torch.zeros(S, N, K, dtype=torch.bool, device=e.device)
     for t in range(1, N):
         kept = delta + stay_w
         moved = (delta.gather(1, prev) + adv).masked_fill(~prev_ok | self_adv, NEG)
         came_from_prev[:, t] = moved > kept
         delta = torch.maximum(kept, moved) + e[:, t]
-    score, state = delta.max(dim=-1)
+    score, state = (delta + end).max(dim=-1)
     path = torch.empty(S, N, dtype=torch.long, device=e.device)
     path[:, -1] = state
     for t in range(N - 1, 0, -1):
@@ -107,13 +124,21 @@ def chain_viterbi(log_emit: torch.Tensor, n_states: torch.Tensor, cyclic: bool =
 # ----------------------------------------------------------------------------- targets over a vocabulary
 @torch.no_grad()
 def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, p_stay: float = 0.5,
-                     cyclic: bool = True) -> torch.Tensor:
-    """E-step posteriors (S, L, K) of S sequences: ordered = the chain's forward-backward (cyclic or not); else
-    the emissions' softmax over each sequence's states (the set of its sub-actions, no order)."""
+                     chain: str = "cyclic") -> torch.Tensor:
+    """E-step posteriors (S, L, K) of S sequences: ordered = the chain's forward-backward (`chain`: "cyclic", or
+    "once": anchored at the first and last state); else the emissions' softmax over each sequence's states (the
+    set of its sub-actions, no order)."""
     if ordered:
-        return chain_posteriors(emit, n_states, cyclic=cyclic, p_stay=p_stay)[0]
+        return chain_posteriors(emit, n_states, **chain_kwargs(chain), p_stay=p_stay)[0]
     valid = torch.arange(emit.shape[2], device=emit.device)[None, :] < n_states[:, None]
     return emit.float().masked_fill(~valid[:, None, :], NEG).softmax(dim=-1)
+
+
+def chain_kwargs(chain: str) -> Dict[str, bool]:
+    """teacher.fusion.align_chain -> the chain functions' `cyclic` and `anchored`."""
+    if chain not in ("cyclic", "once"):
+        raise ValueError(f"align_chain={chain!r} must be 'cyclic' or 'once'")
+    return {"cyclic": chain == "cyclic", "anchored": chain == "once"}
 
 
 def tokens_to_vocabulary(state_probs: torch.Tensor, ids: torch.Tensor, M: int) -> torch.Tensor:

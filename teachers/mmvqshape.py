@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.alignment import (CodeEmissions, chain_posteriors, chain_viterbi, pool_bins, state_posteriors,
-                                time_bins, tokens_to_vocabulary)
+from teachers.alignment import (CodeEmissions, chain_kwargs, chain_posteriors, chain_viterbi, pool_bins,
+                                state_posteriors, time_bins, tokens_to_vocabulary)
 from kd.layers import MLP, Attention, neighbour_context
 from kd.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -305,7 +305,7 @@ class MMVQShape(VQShape):
         """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set). In
         training with emissions from the codes, the posteriors also update the code table (the M-step)."""
         c = self.chain(out, y)
-        post = state_posteriors(c.emit, c.n_states, ordered, self.fusion.align_p_stay, self.fusion.align_cyclic)
+        post = state_posteriors(c.emit, c.n_states, ordered, self.fusion.align_p_stay, self.fusion.align_chain)
         tok = post[c.row[:, None], c.pos]                                     # (B*C, N, K)
         if self.training:
             self.code_emit.update(out["code_idx"].view(len(y), self.num_channels, -1), c.ids,
@@ -323,14 +323,15 @@ class MMVQShape(VQShape):
     def decode(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """decode_subactions on the outputs of a forward already run (keys="vocab")."""
         c = self.chain(out, y)
-        path, _ = chain_viterbi(c.emit, c.n_states, cyclic=self.fusion.align_cyclic, p_stay=self.fusion.align_p_stay)
+        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(self.fusion.align_chain), p_stay=self.fusion.align_p_stay)
         voc = c.ids.gather(1, path)                                           # (S, L) vocabulary ids
         return {"viterbi": voc[c.row[:, None], c.pos], "free": out["sub_scores"].argmax(-1),
                 "loglik": self.window_loglik(c, len(y)), "t": out["t"], "l": out["l"]}
 
     def window_loglik(self, c: "Chain", batch: int) -> torch.Tensor:
         """(B,) each window's alignment log-likelihood under the class its chain was built for."""
-        _, loglik = chain_posteriors(c.emit, c.n_states, cyclic=self.fusion.align_cyclic, p_stay=self.fusion.align_p_stay)
+        _, loglik = chain_posteriors(c.emit, c.n_states, **chain_kwargs(self.fusion.align_chain),
+                                     p_stay=self.fusion.align_p_stay)
         return loglik.new_zeros(batch).index_add_(0, c.window, loglik)
 
     def action_branch(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

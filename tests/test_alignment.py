@@ -17,12 +17,15 @@ def step_weight(s, s2, k, cyclic, p_stay):
     return w + ((1 - p_stay) if s2 == nxt else 0.0)
 
 
-def brute(log_emit, k, cyclic, p_stay):
-    """(posteriors [N, k], log-likelihood, best path, best score) by enumerating all k^N paths."""
+def brute(log_emit, k, cyclic, p_stay, anchored=False):
+    """(posteriors [N, k], log-likelihood, best path, best score) by enumerating all k^N paths (anchored: only
+    those from state 0 to state k - 1, which start with probability 1)."""
     N = log_emit.shape[0]
     post, total, best, best_score = torch.zeros(N, k, dtype=torch.float64), 0.0, None, -math.inf
     for path in itertools.product(range(k), repeat=N):
-        w = math.log(1 / k) + sum(float(log_emit[t, s]) for t, s in enumerate(path))
+        if anchored and (path[0] != 0 or path[-1] != k - 1):
+            continue
+        w = (0.0 if anchored else math.log(1 / k)) + sum(float(log_emit[t, s]) for t, s in enumerate(path))
         steps = [step_weight(a, b, k, cyclic, p_stay) for a, b in zip(path, path[1:])]
         if any(s == 0 for s in steps):
             continue
@@ -36,21 +39,36 @@ def brute(log_emit, k, cyclic, p_stay):
     return post / total, math.log(total), list(best), best_score
 
 
-@pytest.mark.parametrize("cyclic", [True, False])
+@pytest.mark.parametrize("cyclic, anchored", [(True, False), (False, False), (False, True)])
 @pytest.mark.parametrize("p_stay", [0.5, 0.8])
-def test_forward_backward_and_viterbi_equal_enumeration(cyclic, p_stay):
-    g = torch.Generator().manual_seed(int(cyclic) * 10 + int(p_stay * 10))
+def test_forward_backward_and_viterbi_equal_enumeration(cyclic, anchored, p_stay):
+    g = torch.Generator().manual_seed(int(cyclic) * 10 + int(anchored) * 100 + int(p_stay * 10))
     K, N = 4, 6
     n_states = torch.tensor([4, 3, 1, 2])                       # padded states in three sequences
     log_emit = torch.randn(len(n_states), N, K, generator=g, dtype=torch.float64) * 2
-    post, loglik = chain_posteriors(log_emit, n_states, cyclic, p_stay)
-    path, score = chain_viterbi(log_emit, n_states, cyclic, p_stay)
+    post, loglik = chain_posteriors(log_emit, n_states, cyclic, p_stay, anchored)
+    path, score = chain_viterbi(log_emit, n_states, cyclic, p_stay, anchored)
     for i, k in enumerate(n_states.tolist()):
-        b_post, b_ll, b_path, b_score = brute(log_emit[i, :, :k], k, cyclic, p_stay)
+        b_post, b_ll, b_path, b_score = brute(log_emit[i, :, :k], k, cyclic, p_stay, anchored)
         assert torch.allclose(post[i, :, :k].double(), b_post, atol=1e-5)
         assert (post[i, :, k:] == 0).all()
         assert loglik[i].item() == pytest.approx(b_ll, abs=1e-4)
         assert path[i].tolist() == b_path and score[i].item() == pytest.approx(b_score, abs=1e-4)
+
+
+def test_an_anchored_chain_runs_through_every_state_even_where_emissions_favour_one():
+    """anchored: first state to last in order whatever the emissions (here all favour state 1); a chain with
+    fewer positions than states, or a cyclic anchored one, is an error."""
+    log_emit = torch.zeros(1, 8, 3)
+    log_emit[..., 1] = 5.0
+    path, _ = chain_viterbi(log_emit, torch.tensor([3]), cyclic=False, anchored=True)
+    assert path[0, 0] == 0 and path[0, -1] == 2 and (path[0].diff() >= 0).all()
+    post, _ = chain_posteriors(log_emit, torch.tensor([3]), cyclic=False, anchored=True)
+    assert post[0, 0, 0] == pytest.approx(1.0) and post[0, -1, 2] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="anchored"):
+        chain_viterbi(log_emit[:, :2], torch.tensor([3]), cyclic=False, anchored=True)
+    with pytest.raises(ValueError, match="anchored"):
+        chain_posteriors(log_emit, torch.tensor([3]), cyclic=True, anchored=True)
 
 
 def test_clean_emissions_decode_a_known_cyclic_sequence():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kd.config import ConfigError, load_config
 from kd.data import DataError, build_splits
@@ -180,3 +181,79 @@ def test_transition_episodes_carry_the_per_sample_truth_in_order(tmp_path):
     assert ep.transcript(0) == [1, 7, 4] and (ep.labels[0] == 7).sum() == 80
     with pytest.raises(DataError, match="shorten the episode length"):
         transition_episodes(sessions, length=700)
+
+
+# Episodes: a session of postures and transitions; acc z is the posture's offset (standing 1, sitting 0.3, lying
+# -0.6), ramping across a transition while the gyroscope turns, so what is where can be read off the signal.
+POSTURE_Z = {5: 1.0, 4: 0.3, 6: -0.6}
+SCRIPT = [(5, 300), (7, 80), (4, 300), (9, 100), (6, 300), (10, 90), (4, 300), (8, 80), (5, 300)]
+FROM_TO = {7: (5, 4), 8: (4, 5), 9: (4, 6), 10: (6, 4), 11: (5, 6), 12: (6, 5)}
+
+
+def write_episode_folder(root: Path, users=(1, 2, 3, 4, 5, 6)) -> Path:
+    raw = root / "RawData"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows, z, segs, t = [], [], [], 0
+    for act, n in SCRIPT:
+        a, b = FROM_TO.get(act, (act, act))
+        z.append(np.linspace(POSTURE_Z[a], POSTURE_Z[b], n))
+        segs.append((act, t, t + n - 1))
+        t += n
+    z = np.concatenate(z)
+    for exp, user in enumerate(users, start=1):
+        acc = np.stack([np.zeros(t), np.zeros(t), z], 1) + 0.02 * rng.standard_normal((t, 3))
+        gyro = np.stack([np.gradient(z) * 20, np.zeros(t), np.zeros(t)], 1) + 0.02 * rng.standard_normal((t, 3))
+        np.savetxt(raw / f"acc_exp{exp:02d}_user{user:02d}.txt", acc, fmt="%.6e")
+        np.savetxt(raw / f"gyro_exp{exp:02d}_user{user:02d}.txt", gyro, fmt="%.6e")
+        rows += [f"{exp} {user} {a} {b} {c}" for a, b, c in segs]
+    (raw / "labels.txt").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_the_episodes_task_classes_each_transition_and_carries_its_step_truth(tmp_path):
+    """task=episodes: one window per transition, classed by it (STAND_TO_SIT = 0 ...), the truth of every step
+    (sitting 0, standing 1, lying 2, transition 3; walking and unlabelled -1) taken at the raw sample nearest
+    each resampled step; no resampling = the recorded labels themselves."""
+    from kd.data.hapt import ACTIVITIES, episode_truth, transition_episodes
+    root = write_folder(tmp_path / "one", users=(1, 2, 3))
+    same = build_splits(hapt_cfg(root, "data.hapt.task=episodes", "data.hapt.window=200", "data.length=200",
+                             "teacher.arch=none"))
+    assert same.class_names == list(ACTIVITIES[6:]) and same.details["dataset_classes"] == list(ACTIVITIES)
+    item = same.test[0]
+    start = int(item["x"][0, 0])                                              # acc x holds the sample index
+    labels = read_sessions(root)[0].sample_labels()[start:start + 200]
+    assert item["y"] == 0 and torch.equal(item["subaction"], torch.from_numpy(episode_truth(labels)))
+    assert set(item["subaction"].tolist()) == {-1, 3, 0}                     # walking, stand-to-sit, sitting
+    assert episode_truth(np.arange(13)).tolist() == [-1, -1, -1, -1, 0, 1, 2, 3, 3, 3, 3, 3, 3]
+    half = build_splits(hapt_cfg(root, "data.hapt.task=episodes", "data.hapt.window=200", "data.length=100",
+                             "teacher.arch=none"))
+    x, truth = half.test[0]["x"][0], half.test[0]["subaction"]
+    nearest = torch.round(x - start).long()                                   # resampled index -> raw sample
+    assert torch.equal(truth, torch.from_numpy(episode_truth(labels))[nearest])
+    ep = transition_episodes(read_sessions(write_episode_folder(tmp_path / "many")), 200)
+    assert sorted(set(ep.transition.tolist())) == [7, 8, 9, 10] and len(ep.transition) == 6 * 4
+
+
+def test_the_episodes_study_reports_every_figure_the_issue_names(tmp_path, text_cache):
+    """One tiny ordered run placed as the study's unit: the run reports the teacher's label-free and given-class
+    recovery and the student's, and the study tool turns it into the table, ceiling and majority included."""
+    import distill
+    from experiments.hapt_subactions import report, table
+    from tests.conftest import vq_overrides
+    hapt = write_episode_folder(tmp_path / "hapt")
+    root = tmp_path / "study"
+    distill.main(["--config", "configs/hapt/episodes_subactions.yaml", f"data.hapt.root={hapt}", "data.hapt.window=200",
+                  "data.length=64", "data.test_subjects=[1]", "data.val_subjects=[2]", f"run_dir={root}/ordered/fold0_s0",
+                  f"text.cache_dir={text_cache}", "train.max_steps=3", "teacher.fusion.align_scores_from_step=1",
+                  "kd.workspace.num_slots=3", *vq_overrides("teacher")])
+    results = json.loads((root / "ordered/fold0_s0/results.json").read_text())
+    steps = 4 * 64                                                            # 4 test episodes, every step labelled
+    assert results["teacher"]["subaction_recovery_viterbi"]["steps"] == steps
+    assert results["student"]["subaction_recovery_given_class"]["steps"] == steps
+    rep = report(root, str(hapt))
+    for m in ("teacher", "set_only", "student"):
+        assert set(rep["methods"][m]) >= {"step_acc_label_free", "step_acc_given_class"}
+    assert rep["methods"]["teacher"]["step_acc_label_free"]["n"] == 1 and rep["methods"]["set_only"]["macro_f1"]["n"] == 0
+    assert 0 < rep["majority"]["mean"] < 1 and 0 <= rep["ceiling"]["mean"] <= 1
+    assert {"shuffled", "reversed"} <= set(rep) and "supervised ceiling" in table(rep)
