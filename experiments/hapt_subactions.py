@@ -15,6 +15,7 @@ transition; unlabelled samples not scored):
 
     python -m experiments.hapt_subactions --hapt-root PATH                       # train what is missing, report
     python -m experiments.hapt_subactions --hapt-root PATH --report-only --out experiments/results/hapt_subactions.json
+    python -m experiments.hapt_subactions --hapt-root PATH --figure RUN_DIR --out experiments/figures/hapt_episodes.png
 
 Finished runs are skipped (kd.cv's rule: results.json and the same fold and seed); the report reads whatever
 runs are finished and says how many units each figure has.
@@ -113,6 +114,66 @@ def reference_figures(run_dir: Path, hapt_root: str) -> Dict:
             "majority": majority_guess(splits.train, splits.test, P)}
 
 
+def episode_figure(run_dir: Path, hapt_root: str, out: Path) -> Dict:
+    """One held-out episode per class (the first of each in the test split): the accelerometer, and under it
+    the recorded truth, the teacher's decoding given the class, its label-free one, and the exported student's
+    label-free one, each step coloured by what it names (sitting, standing, lying, transition)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from matplotlib.colors import ListedColormap
+    from kd.config import load_config
+    from kd.data import build_splits
+    from kd.data.hapt import EPISODE_TRUTH
+    from kd.predict import Predictor
+    from kd.recovery import hapt_vocab_map, step_predictions, teacher_tokens, teacher_viterbi_tokens
+    from kd.stages import load_teacher
+    from kd.text.descriptions import default_file
+    cfg = load_config(run_dir / "config.yaml", [f"data.hapt.root={hapt_root}"])
+    splits = build_splits(cfg.data)
+    teacher, meta = load_teacher(run_dir / "teacher", splits)
+    student = Predictor(run_dir / "student")
+    vmap = hapt_vocab_map(meta["vocab_texts"], default_file("hapt"))
+    test = splits.test
+    picks = [int(np.flatnonzero(test.labels == c)[0]) for c in range(len(splits.class_names)) if (test.labels == c).any()]
+    x, y = test.x[picks], torch.as_tensor(test.labels[picks])
+    L = x.shape[-1]
+    with torch.no_grad():
+        rows = {"truth": test.subaction[picks]}
+        for name, fn in (("teacher, given the class", teacher_viterbi_tokens(teacher)),
+                         ("teacher, label-free", teacher_tokens(teacher, "sub_scores"))):
+            t, l, logits = fn(x, y)
+            rows[name] = step_predictions(vmap[logits.argmax(-1)], t.float(), l.float(), L)
+        rows["student, label-free"] = vmap[student.timeline(x)["label_free"]]
+    cmap = ListedColormap(["#4c72b0", "#55a868", "#8172b2", "#dd8452"])
+    fig, axes = plt.subplots(len(picks), 1, figsize=(10, 2.3 * len(picks)), squeeze=False)
+    agree = {}
+    for i, ax in enumerate(axes[:, 0]):
+        for c in range(3):
+            ax.plot(np.arange(L), x[i, c].numpy(), lw=0.8, label=f"acc {'xyz'[c]}")
+        lo, hi = float(x[i, :3].min()), float(x[i, :3].max())
+        span = hi - lo
+        strips = np.stack([r[i].numpy() for r in rows.values()]).astype(float)
+        strips[strips < 0] = np.nan
+        ax.imshow(strips, cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto", interpolation="nearest",
+                  extent=(-0.5, L - 0.5, lo - 0.9 * span, lo - 0.1 * span))
+        ax.set_ylim(lo - 0.9 * span, hi + 0.05 * span)
+        ax.set_yticks([lo - 0.9 * span + (k + 0.5) * 0.8 * span / len(rows) for k in range(len(rows))][::-1])
+        ax.set_yticklabels(list(rows), fontsize=7)
+        ax.set_title(f"held-out {splits.class_names[int(y[i])]} (subject {int(test.subjects[picks[i]])})", fontsize=9)
+        for name, r in rows.items():
+            known = rows["truth"][i] >= 0
+            agree.setdefault(name, []).append(float((r[i][known] == rows["truth"][i][known]).float().mean()))
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(k)) for k in range(4)]
+    fig.legend(handles, list(EPISODE_TRUTH), loc="upper center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return {"figure": str(out), "step_agreement_with_truth": {k: [round(v, 3) for v in a] for k, a in agree.items()}}
+
+
 def mean_sd(values: List[float]) -> Dict:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     return {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
@@ -164,8 +225,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--out", help="write the report as JSON")
+    ap.add_argument("--out", help="write the report as JSON (with --figure: the PNG)")
+    ap.add_argument("--figure", help="a finished ordered run: draw one held-out episode per class to --out")
     args = ap.parse_args(argv)
+    if args.figure:
+        fig = episode_figure(Path(args.figure), args.hapt_root, Path(args.out or "hapt_episodes.png"))
+        print(json.dumps(fig))
+        return fig
     from kd.config import load_config
     from kd.cv import data_subjects, execute, make_folds
     root = Path(args.root)

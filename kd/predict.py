@@ -30,6 +30,7 @@ from kd.workspace import Workspace
 from students import build_student
 from students.adapter import SubActionHead
 from students.fused import FUSABLE, FusedCNN
+from teachers.alignment import time_bins
 
 
 class Predictor(nn.Module):
@@ -105,8 +106,10 @@ class Predictor(nn.Module):
     @torch.no_grad()
     def timeline(self, x: torch.Tensor, batch_size: int = 256) -> Dict[str, torch.Tensor]:
         """Prepared windows (N, C, length) -> `label_free` and `given_class` (N, length) vocabulary ids of every
-        time step (each step takes the token whose span covers it, nearest centre first: kd.recovery) and `class`
-        (N,), the predicted class the second decoding is given."""
+        time step and `class` (N,), the predicted class the second decoding is given. Label-free, a step takes
+        the best entry of the token whose span covers it (nearest centre first, kd.recovery.step_predictions);
+        given the class, the state of its time bin on the decoded path (Transcripts.decode), so the timeline
+        runs through the class's sub-actions in order."""
         if self.vocab_texts is None:
             raise ValueError("this student has no sub-action read-out: only a student distilled with kd.sub_kl from "
                              "an ordered-alignment teacher tells a timeline (its meta.json has no 'timeline')")
@@ -121,8 +124,9 @@ class Predictor(nn.Module):
             t, l = attr["t"], attr["l"]
             rows["class"].append(y)
             rows["label_free"].append(step_predictions(scores.argmax(-1), t, l, x.shape[-1]))
-            rows["given_class"].append(step_predictions(self.model["transcripts"].decode(t, l, scores, y), t, l,
-                                                        x.shape[-1]))
+            path = self.model["transcripts"].decode(t, l, scores, y, per_bin=True)        # (B, n_bins)
+            step_bin = time_bins(torch.arange(x.shape[-1]) / max(x.shape[-1] - 1, 1), path.shape[1])
+            rows["given_class"].append(path[:, step_bin])
         return {k: torch.cat(v) for k, v in rows.items()}
 
 
@@ -210,7 +214,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         if args.plot:
             out["plots"] = [str(q) for q in plot_timelines(raw, report, args.plot)]
     form = "fused" if predictor.fused is not None else "eager"
-    print(json.dumps({k: v for k, v in out.items() if k != "predictions"} | {"n": len(pred), "form": form}))
+    print(json.dumps({k: v for k, v in out.items() if k not in ("predictions", "plots")} | {"n": len(pred), "form": form}
+                     | ({"plots": f"{len(out['plots'])} PNG in {args.plot}"} if args.plot else {})))
     return out
 
 

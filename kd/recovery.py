@@ -182,11 +182,13 @@ class Transcripts(torch.nn.Module):
                 "chain": self.chain}
 
     @torch.no_grad()
-    def decode(self, t: torch.Tensor, l: torch.Tensor, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def decode(self, t: torch.Tensor, l: torch.Tensor, scores: torch.Tensor, y: torch.Tensor,
+               per_bin: bool = False) -> torch.Tensor:
         """Tokens' spans t, l (B, G, 1) and scores (B, G, M) over the vocabulary, classes y (B,) -> each token's
         vocabulary id (B, G) on the best ordered path through its window's class: the log-softmax scores of the
         class's sub-actions averaged over the tokens whose span centre falls in each time bin, chain_viterbi,
-        each token the state of its bin. (A student's head has no score prior to divide by, unlike the teacher.)"""
+        each token the state of its bin (per_bin: the path itself, (B, n_bins)). (A student's head has no score
+        prior to divide by, unlike the teacher.)"""
         from teachers.alignment import chain_kwargs, chain_viterbi, pool_bins, time_bins
         G, N = scores.shape[1], self.n_bins
         ids = self.class_index[y]                                                     # (B, K)
@@ -194,7 +196,7 @@ class Transcripts(torch.nn.Module):
         bins = time_bins((t + l / 2).squeeze(-1), N)                                  # (B, G)
         emit = pool_bins(lp, bins, N) / pool_bins(torch.ones_like(lp[..., :1]), bins, N).clamp(min=1)
         path, _ = chain_viterbi(emit, self.class_mask[y].sum(1), **chain_kwargs(self.chain), p_stay=self.p_stay)
-        return ids.gather(1, path.gather(1, bins))
+        return ids.gather(1, path if per_bin else path.gather(1, bins))
 
 
 def given_class_tokens(tokens: TokenFn, transcripts: Transcripts) -> TokenFn:

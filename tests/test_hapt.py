@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,36 @@ def test_the_episodes_study_reports_every_figure_the_issue_names(tmp_path, text_
     assert rep["methods"]["teacher"]["step_acc_label_free"]["n"] == 1 and rep["methods"]["set_only"]["macro_f1"]["n"] == 0
     assert 0 < rep["majority"]["mean"] < 1 and 0 <= rep["ceiling"]["mean"] <= 1
     assert {"shuffled", "reversed"} <= set(rep) and "supervised ceiling" in table(rep)
+    # the exported student tells each window's sub-actions without the teacher: segments of the window's own
+    # samples, contiguous, naming sentences; given the predicted class, only that class's sub-actions, in order
+    from kd.data.hapt import transition_episodes
+    from kd.predict import main as predict
+    shutil.rmtree(root / "ordered/fold0_s0/teacher")
+    ep = transition_episodes(read_sessions(hapt), 200)
+    np.savez(tmp_path / "episodes.npz", X=ep.x[:3].transpose(0, 2, 1), y=ep.transition[:3] - 7)
+    out = predict(["--model", str(root / "ordered/fold0_s0/student"), "--npz", str(tmp_path / "episodes.npz"),
+                   "--timeline", str(tmp_path / "tl.json"), "--plot", str(tmp_path / "png")])
+    tl = json.loads((tmp_path / "tl.json").read_text())
+    meta = json.loads((root / "ordered/fold0_s0/student/meta.json").read_text())
+    assert tl["vocabulary"] == meta["timeline"]["vocab_texts"] and len(tl["windows"]) == 3 == len(out["plots"])
+    vocab = read_vocab_transcripts(text_cache)
+    for w in tl["windows"]:
+        for key in ("label_free", "given_class"):
+            seg = w[key]
+            assert seg[0][0] == 0 and seg[-1][1] == 199 and all(a[1] + 1 == b[0] for a, b in zip(seg, seg[1:]))
+            assert all(0 <= v < len(tl["vocabulary"]) for _, _, v in seg)
+        said = [tl["vocabulary"][v] for _, _, v in w["given_class"]]
+        transcript = vocab[w["class"]]
+        assert said[0] == transcript[0] and said[-1] == transcript[-1]              # anchored: first to last
+        assert [transcript.index(t) for t in said] == sorted(transcript.index(t) for t in said)
+    assert all(Path(p).stat().st_size > 0 for p in out["plots"])
+
+
+def read_vocab_transcripts(text_cache):
+    """Each transition class's sub-action sentences in order, as the vocabulary names them."""
+    from kd.data.hapt import ACTIVITIES
+    from kd.text import build_text_bank
+    from kd.config import TextConfig
+    bank = build_text_bank(TextConfig(cache_dir=text_cache), list(ACTIVITIES[6:]), "hapt", list(ACTIVITIES))
+    return {name: [bank.vocab.texts[int(i)] for i in bank.vocab.class_index[c][bank.vocab.class_mask[c]]]
+            for c, name in enumerate(ACTIVITIES[6:])}

@@ -81,6 +81,8 @@ def test_exported_student_predicts_without_the_teacher(tmp_path, text_cache):
     torch.testing.assert_close(logits, Predictor(run_dir / "student", fused=False).logits(x), atol=1e-5, rtol=0)
     names = {type(m).__name__ for m in predictor.modules()}
     assert "MMVQShape" not in names and {"Workspace", "PriorReadout"} <= names
+    with pytest.raises(ValueError, match="no sub-action read-out"):           # not distilled with sub_kl
+        predictor.timeline(x)
     # A checkpoint from before meta.json held the workspace's constructor arguments: a clear error
     # naming the commit that re-exports it.
     from kd.checkpoint import CheckpointError

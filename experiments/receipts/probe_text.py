@@ -1,4 +1,4 @@
-"""Sanity probe for the sub-action text (METHOD.md §2; a tool, not part of training).
+"""Sanity probe for the sub-action text (METHOD.md §2; a receipt, not part of training).
 
 Do a class's sub-action sentences carry the meaning of its label? An MLP maps the concatenated
 (zero-padded to K_max) sub-action embeddings of a class to its label embedding; it is trained on
@@ -11,8 +11,8 @@ some classes and tested on held-out ones (leave-`--heldout`-classes-out over eve
 With only a few classes to learn from, a probe near reference 2 means the MLP learned the average
 label; above it, the sub-actions carry label information that transfers to unseen classes.
 
-    python -m experiments.probe_text --dataset watch --heldout 2 --seeds 3
-    python -m experiments.probe_text --file my_classes.yaml          # any description file
+    python -m experiments.receipts.probe_text --dataset watch --heldout 2 --seeds 3
+    python -m experiments.receipts.probe_text --file my_classes.yaml          # any description file
 """
 from __future__ import annotations
 
