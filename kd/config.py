@@ -140,9 +140,8 @@ class FusionConfig:
     lambda_label: float = 1.0
     lambda_con: float = 0.5
     lambda_vq_action: float = 1.0
-    # Ordered alignment (research, off by default: METHOD.md section 4, experiments/subactions.md). The action
-    # branch's target: "attention" = the signal-to-text attention weights; "ordered" = forward-backward alignment
-    # of the tokens to the class's ordered sub-actions; "set" = the same emissions without the chain.
+    # Ordered alignment (research, off by default: METHOD.md §4, experiments/subactions.md). Action branch target:
+    # "attention" weights | "ordered": the tokens aligned to the class's ordered sub-actions | "set": no chain.
     action_target: str = "attention"
     sub_dim: int = 64               # width of the token / sub-action projections the scores compare
     sub_temperature: float = 0.1    # scores = cos(P_h w, P_u e_m) / temperature (w: window_features)
@@ -155,6 +154,7 @@ class FusionConfig:
     align_code_smoothing: float = 0.1   # added to every count before normalising over codes
     align_prior_momentum: float = 0.99
     sub_context: int = 1            # time bins either side of a token's that the scores read
+    sub_levels: bool = False        # the scores also read the tokens' mean and log std in the input's units
     sub_layers: int = 0             # 0: an MLP per token | L: L residual convolutions over the time bins
 
 

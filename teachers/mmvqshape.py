@@ -127,7 +127,7 @@ class MMVQShape(VQShape):
         self.label_head = MLP(K * d, Dt, d)
         self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
         if self.aligned:
-            width = (2 * fusion.sub_context + 1) * num_channels * (cfg.dim_code + 2)
+            width = (2 * fusion.sub_context + 1) * num_channels * (cfg.dim_code + 2 + 2 * fusion.sub_levels)
             # P_h: an MLP on each token's window features, or (sub_layers > 0) residual convolutions over the
             # window's time bins, each layer reading 2 more bins either side
             self.sub_tok = MLP(width, fusion.sub_dim, d) if fusion.sub_layers == 0 else \
@@ -228,10 +228,11 @@ class MMVQShape(VQShape):
         return out
 
     def window_features(self, out: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """What the scores read (B*C, N, (2k+1)*C*(dim_code+2)), k = fusion.sub_context:
+        """What the scores read (B*C, N, (2k+1)*C*W), k = fusion.sub_context, W = dim_code + 2 (+ 2):
         for each token, the mean code, mean and std of every channel's tokens in its time bin (N equal bins,
         by span centre) and in the k bins either side (zeros past the window's ends or where a bin is
-        empty). A motion is what all axes do at once over a stretch of time; one channel's short
+        empty); with fusion.sub_levels also their mean and log std in the input's units (the window is
+        z-normalised before tokenising, which hides a level such as the direction of gravity). A motion is what all axes do at once over a stretch of time; one channel's short
         subsequence is ambiguous."""
         ctx, idx = self.bin_features(out, batch)
         return ctx.gather(1, idx.expand(-1, -1, ctx.shape[-1])).view(batch * self.num_channels, -1, ctx.shape[-1])
@@ -249,7 +250,11 @@ class MMVQShape(VQShape):
         """-> every time bin's features with k bins either side (B, N, (2k+1)*C*(dim_code+2)), and the bin of
         every token (B, C*N, 1), channel-major."""
         C = self.num_channels
-        f = torch.cat([out["z_e"], out["mu"], out["sigma"]], -1).view(batch, C, -1, out["z_e"].shape[-1] + 2)
+        parts = [out["z_e"], out["mu"], out["sigma"]]
+        if self.fusion.sub_levels:   # instance_norm's statistics (B*C, 1) put the token back on the input's scale
+            parts += [out["mean"][:, None] + out["std"][:, None] * out["mu"],
+                      (out["std"][:, None] * out["sigma"]).clamp(min=1e-6).log()]
+        f = torch.cat(parts, -1).view(batch, C, out["z_e"].shape[1], -1)
         N, W = f.shape[2], f.shape[3]
         bins = time_bins((out["t"] + out["l"] / 2).view(batch, C, N), N)[..., None]   # (B, C, N, 1)
         total = f.new_zeros(batch, C, N, W).scatter_add(2, bins.expand_as(f), f)
