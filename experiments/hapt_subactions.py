@@ -200,7 +200,30 @@ def report(root: Path, hapt_root: str) -> Dict:
            **{how: mean_sd(figs(units.get(how, {}), "teacher", "step_acc_label_free")) for how in ("shuffled", "reversed")},
            **{f"{how}_given_class": mean_sd(figs(units.get(how, {}), "teacher", "step_acc_given_class"))
               for how in ("shuffled", "reversed")},
+           "paired": paired(units),
            "per_unit": units}
+    return out
+
+
+# (name, (variant, role), (variant, role)): label-free step recovery, first minus second, over the units both have
+PAIRS = [("ordered - set_only (teacher)", ("ordered", "teacher"), ("set_only", "teacher")),
+         ("ordered - shuffled (teacher)", ("ordered", "teacher"), ("shuffled", "teacher")),
+         ("ordered - reversed (teacher)", ("ordered", "teacher"), ("reversed", "teacher")),
+         ("student - teacher", ("ordered", "student"), ("ordered", "teacher"))]
+TEST_TRAIN_RATIO = 6 / 21   # subjects: 5 folds of 30, 3 validation subjects, 21 training subjects
+
+
+def paired(units: Dict) -> Dict:
+    """Paired label-free differences with the corrected resampled t-test (kd.stats.corrected_t)."""
+    from kd.stats import corrected_t
+    out = {}
+    for name, (va, ra), (vb, rb) in PAIRS:
+        a, b = units.get(va, {}), units.get(vb, {})
+        keys = sorted(k for k in a if k in b and ra in a[k] and rb in b[k])
+        d = np.array([a[k][ra]["step_acc_label_free"] - b[k][rb]["step_acc_label_free"] for k in keys])
+        if len(d) >= 2:
+            out[name] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)), "n": len(d),
+                         **corrected_t(float(d.mean()), float(d.std(ddof=1)), len(d), TEST_TRAIN_RATIO)}
     return out
 
 
@@ -214,6 +237,9 @@ def table(rep: Dict) -> str:
         lines.append(f"| teacher, {how} transcripts | {f(rep[how])} | {f(rep[how + '_given_class'])} | |")
     lines.append(f"| supervised ceiling (same inputs as the teacher's scores) | {f(rep['ceiling'])} | | |")
     lines.append(f"| majority guess (training subjects' commonest label) | {f(rep['majority'])} | | |")
+    lines += ["", "| paired, label-free step recovery | mean [95 % CI], corrected p | units |", "|---|---|---|"]
+    lines += [f"| {k} | {v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}], p {v['p']:.3f} | {v['n']} |"
+              for k, v in rep.get("paired", {}).items()]
     return "\n".join(lines) + "\n\nmean ± sd over (fold, seed) units, (n) units"
 
 

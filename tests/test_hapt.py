@@ -291,3 +291,18 @@ def read_vocab_transcripts(text_cache):
     bank = build_text_bank(TextConfig(cache_dir=text_cache), list(ACTIVITIES[6:]), "hapt", list(ACTIVITIES))
     return {name: [bank.vocab.texts[int(i)] for i in bank.vocab.class_index[c][bank.vocab.class_mask[c]]]
             for c, name in enumerate(ACTIVITIES[6:])}
+
+
+def test_the_study_pairs_units_by_fold_and_seed_and_tests_their_differences():
+    """paired(): differences of the units both variants have (a unit one lacks is left out), their mean and the
+    corrected resampled t-test with the study's test/train ratio."""
+    from experiments.hapt_subactions import TEST_TRAIN_RATIO, paired
+    from kd.stats import corrected_t
+    unit = lambda v: {"teacher": {"step_acc_label_free": v}}  # noqa: E731
+    units = {"ordered": {"fold0_s0": unit(0.7), "fold1_s0": unit(0.8), "fold2_s0": unit(0.6), "fold3_s0": unit(0.9)},
+             "set_only": {"fold0_s0": unit(0.5), "fold1_s0": unit(0.5), "fold2_s0": unit(0.5)}}
+    got = paired(units)["ordered - set_only (teacher)"]
+    d = np.array([0.2, 0.3, 0.1])
+    assert got["n"] == 3 and got["mean"] == pytest.approx(0.2)
+    assert got["p"] == pytest.approx(corrected_t(0.2, float(d.std(ddof=1)), 3, TEST_TRAIN_RATIO)["p"])
+    assert "ordered - shuffled (teacher)" not in paired(units)                  # no shuffled units
