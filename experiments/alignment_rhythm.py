@@ -11,12 +11,18 @@ each finished run with an ordered-alignment teacher, on its held-out windows:
   its first zero crossing, averaged over the z-normalised channels; windows where it is not positive there
   are left out);
 - `rank_corr`: Spearman rank correlation across windows between the two, over all windows and the mean
-  within each class. Near 0 or below: the path changes state at a rate the signal does not set.
+  within each class. Near 0 or below: the path changes state at a rate the signal does not set;
+- `cycle_pass`: the share of windows whose decoded path (the chain's states over its time bins, given the true
+  class) runs through the class's phases in order at least twice with a cycle length within 25 % of the
+  window's own repetition period (`cycle_check`; windows without a measurable period fail it);
+- with several runs on the same test subjects (seeds), `seed_ari`: the adjusted Rand index of their decoded
+  phases over every time bin of every held-out window, averaged over the pairs of runs.
 
     python -m experiments.alignment_rhythm runs/watch_rs130c2_ps02_s0 [RUN_DIR ...] [--out FILE]
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict
 
@@ -54,27 +60,82 @@ def rank_corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def cycle_check(path: np.ndarray, n_states: int, reps: float, tolerance: float = 0.25) -> bool:
+    """path: a window's decoded states over its time bins, in order (a cyclic chain stays or advances by one).
+    True when it advances through all n_states phases at least twice and its cycle length (n_states / advances
+    of the window) lies within `tolerance` of the window's period (1 / reps of the window)."""
+    advances = int(np.count_nonzero(np.diff(path)))
+    if not advances >= 2 * n_states or not reps > 0:
+        return False
+    return abs(n_states / advances - 1 / reps) <= tolerance / reps
+
+
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labellings of the same items (Hubert & Arabie 1985): 1 = the same partition,
+    about 0 = chance; nan when both put every item in one group."""
+    _, ia = np.unique(a, return_inverse=True)
+    _, ib = np.unique(b, return_inverse=True)
+    table = np.zeros((ia.max() + 1, ib.max() + 1))
+    np.add.at(table, (ia, ib), 1)
+    pairs = lambda v: (v * (v - 1) / 2).sum()  # noqa: E731
+    both, rows, cols, total = pairs(table), pairs(table.sum(1)), pairs(table.sum(0)), pairs(np.array([len(a)]))
+    expected = rows * cols / total
+    top = (rows + cols) / 2
+    return float("nan") if top == expected else float((both - expected) / (top - expected))
+
+
 @torch.no_grad()
-def report(run_dir: Path) -> Dict:
+def decoded(run_dir: Path):
+    """A run's teacher on its held-out windows: per window the chain's decoded states over the time bins given
+    the true class (B, N), its class, its number of phases and its repetitions."""
+    from teachers.alignment import chain_kwargs, chain_viterbi
     teacher, _, _, splits = load_run_teacher(run_dir)
     teacher.eval()
-    changes, reps, ys = [], [], []
+    rows = {"path": [], "y": [], "n_states": [], "reps": [], "changes": []}
     for batch in DataLoader(splits.test, batch_size=64):
         out = teacher(batch["x"], keys="vocab", reconstruct=False)
         dec = teacher.decode(out, batch["y"])
         order = out["t"][..., 0].argsort(1)                                     # tokens in time order
-        path = dec["viterbi"].gather(1, order).reshape(len(batch["y"]), splits.num_channels, -1)[:, 0]
-        changes += (path[:, 1:] != path[:, :-1]).sum(1).tolist()
-        reps += [repetitions(x.numpy()) for x in batch["x"]]
-        ys += batch["y"].tolist()
-    changes, reps, ys = np.array(changes), np.array(reps), np.array(ys)
+        tokens = dec["viterbi"].gather(1, order).reshape(len(batch["y"]), splits.num_channels, -1)[:, 0]
+        rows["changes"] += (tokens[:, 1:] != tokens[:, :-1]).sum(1).tolist()   # channel 0's tokens
+        c = teacher.chain(out, batch["y"])
+        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(teacher.fusion.align_chain),
+                                p_stay=teacher.fusion.align_p_stay)
+        rows["path"] += path.tolist()
+        rows["y"] += batch["y"].tolist()
+        rows["n_states"] += c.n_states.tolist()
+        rows["reps"] += [repetitions(x.numpy()) for x in batch["x"]]
+    return teacher, splits, {k: np.array(v) for k, v in rows.items()}
+
+
+def seed_ari(run_dirs) -> float:
+    """Mean pairwise adjusted Rand index of several runs' decoded phases (the same held-out windows)."""
+    paths = [decoded(Path(r))[2]["path"].ravel() for r in run_dirs]
+    if len({len(p) for p in paths}) != 1:
+        raise ValueError("seed_ari needs runs decoded on the same held-out windows (same test subjects)")
+    return float(np.mean([adjusted_rand(a, b) for i, a in enumerate(paths) for b in paths[i + 1:]]))
+
+
+@torch.no_grad()
+def report(run_dir: Path) -> Dict:
+    teacher, splits, d = decoded(run_dir)
+    passed = [cycle_check(p, k, r) for p, k, r in zip(d["path"], d["n_states"], d["reps"])]
+    changes, reps, ys = d["changes"], d["reps"], d["y"]
     ok = ~np.isnan(reps)
     within = [rank_corr(changes[ok & (ys == c)], reps[ok & (ys == c)]) for c in np.unique(ys[ok])]
     rep = {k: v for k, v in alignment_report(teacher, splits.test).items() if k != "collapsed"}
     return {"run": str(run_dir), **rep, "state_changes": float(changes.mean()),
             "repetitions": float(reps[ok].mean()), "rank_corr": rank_corr(changes[ok], reps[ok]),
+            "cycle_pass": float(np.mean(passed)), "windows_with_a_period": int(ok.sum()),
             "rank_corr_within_class": float(np.nanmean(within)) if not np.isnan(within).all() else float("nan")}
 
 
+def main(argv=None):
+    rows = main_over_runs(__doc__, report, argv)
+    if len(rows) > 1 and len({r["windows"] for r in rows}) == 1:   # seeds of one fold: do they agree?
+        print(json.dumps({"seed_ari": seed_ari([r["run"] for r in rows])}))
+    return rows
+
+
 if __name__ == "__main__":
-    main_over_runs(__doc__, report)
+    main()

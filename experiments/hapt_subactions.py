@@ -100,7 +100,11 @@ def unit_figures(run_dir: Path, hapt_root: str, with_ceiling: bool) -> Dict:
 
 
 def reference_figures(run_dir: Path, hapt_root: str) -> Dict:
-    """The supervised ceiling on the run's teacher's inputs and the training majority guess."""
+    """The supervised ceiling on the run's teacher's inputs and the training majority guess, computed once and
+    kept in the run directory (reference.json)."""
+    kept = run_dir / "reference.json"
+    if kept.is_file():
+        return json.loads(kept.read_text())
     from kd.config import load_config
     from kd.data import build_splits
     from kd.data.hapt import EPISODE_TRUTH
@@ -110,8 +114,10 @@ def reference_figures(run_dir: Path, hapt_root: str) -> Dict:
     splits = build_splits(cfg.data)
     teacher, _ = load_teacher(run_dir / "teacher", splits)
     P = len(EPISODE_TRUTH)
-    return {"ceiling": supervised_ceiling(teacher, splits, P, seed=cfg.seed)["step_acc"],
-            "majority": majority_guess(splits.train, splits.test, P)}
+    ref = {"ceiling": supervised_ceiling(teacher, splits, P, seed=cfg.seed)["step_acc"],
+           "majority": majority_guess(splits.train, splits.test, P)}
+    kept.write_text(json.dumps(ref) + "\n")
+    return ref
 
 
 def episode_figure(run_dir: Path, hapt_root: str, out: Path) -> Dict:

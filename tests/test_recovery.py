@@ -1,6 +1,7 @@
 """Sub-action recovery metric on hand-made spans, and end to end on synthetic data."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,3 +269,32 @@ def test_the_supervised_ceiling_reads_what_the_teachers_inputs_carry(tmp_path, t
     ceiling = supervised_ceiling(teacher, splits, P, epochs=150)
     assert ceiling["step_acc"] >= majority + 0.15, (ceiling, majority)
     assert ceiling["epoch"] % 25 == 0 and ceiling["steps"] == 4 * 64
+
+
+def test_cycle_check_asks_two_ordered_passes_at_the_windows_own_period():
+    """A 3-phase path over 24 bins advancing every 2 bins makes 11 advances (3.7 cycles, cycle 0.27 of the
+    window): it passes for a window of 3.7 repetitions, fails for 2 (cycle 0.5) and when it never runs through
+    the phases twice; no period (nan) fails."""
+    from experiments.alignment_rhythm import cycle_check
+    path = np.arange(24) // 2 % 3
+    assert cycle_check(path, 3, 11 / 3) and cycle_check(path, 3, 11 / 3 * 1.2)
+    assert not cycle_check(path, 3, 2.0) and not cycle_check(path, 3, float("nan"))
+    assert not cycle_check(np.arange(24) // 6 % 3, 3, 1.0)                      # 3 advances: one pass
+    assert not cycle_check(np.arange(24) // 4 % 3, 3, 2.0)                     # 5 advances: under two passes
+    assert cycle_check(np.arange(24) // 3 % 3, 3, 2.4) and not cycle_check(np.arange(24) // 3 % 3, 3, 3.5)  # 7
+
+
+def test_adjusted_rand_is_one_for_the_same_partition_and_matches_the_pair_count_formula():
+    from experiments.alignment_rhythm import adjusted_rand
+    g = np.random.default_rng(0)
+    a = g.integers(0, 4, 200)
+    assert adjusted_rand(a, (a + 2) % 4) == pytest.approx(1.0)                  # renamed groups: the same
+    b = g.integers(0, 3, 200)
+    # brute force over every pair of items: agreement beyond chance as in Hubert & Arabie
+    same_a = a[:, None] == a[None, :]
+    same_b = b[:, None] == b[None, :]
+    iu = np.triu_indices(200, 1)
+    n11, na, nb, n = (same_a & same_b)[iu].sum(), same_a[iu].sum(), same_b[iu].sum(), len(iu[0])
+    expected = na * nb / n
+    assert adjusted_rand(a, b) == pytest.approx((n11 - expected) / ((na + nb) / 2 - expected))
+    assert abs(adjusted_rand(a, b)) < 0.05
