@@ -258,6 +258,12 @@ def test_the_episodes_study_reports_every_figure_the_issue_names(tmp_path, text_
     assert rep["methods"]["teacher"]["step_acc_label_free"]["n"] == 1 and rep["methods"]["set_only"]["macro_f1"]["n"] == 0
     assert 0 < rep["majority"]["mean"] < 1 and 0 <= rep["ceiling"]["mean"] <= 1
     assert {"shuffled", "reversed"} <= set(rep) and "supervised ceiling" in table(rep)
+    # the rhythm tool on the same run: a cycle-check share, and a run agrees with itself across "seeds"
+    from experiments.alignment_rhythm import main as rhythm, seed_ari
+    rows = rhythm([str(root / "ordered/fold0_s0")])
+    assert 0.0 <= rows[0]["cycle_pass"] <= 1.0 and rows[0]["windows"] == 4
+    ari = seed_ari([root / "ordered/fold0_s0"] * 2)
+    assert ari == pytest.approx(1.0) or np.isnan(ari)
     # the exported student tells each window's sub-actions without the teacher: segments of the window's own
     # samples, contiguous, naming sentences; given the predicted class, only that class's sub-actions, in order
     from kd.data.hapt import transition_episodes
