@@ -195,20 +195,21 @@ def report(root: Path, hapt_root: str) -> Dict:
     ordered = units.get("ordered", {})
     figs = lambda unit_set, role, key: [u[role][key] for u in unit_set.values() if role in u]  # noqa: E731
     methods = {"teacher": ("ordered", "teacher"), "set_only": ("set_only", "teacher"), "student": ("ordered", "student")}
-    out = {"data": "HAPT transition episodes (kd.data.hapt task=episodes): 10 s around each postural transition, "
-                   "truth per time step in EPISODE_TRUTH (sitting, standing, lying, transition)",
-           "units": {name: sorted(u) for name, u in units.items()},
-           "methods": {m: {k: mean_sd(figs(units.get(v, {}), role, k)) for k in
-                           ("step_acc_label_free", "step_acc_given_class", "macro_f1")}
-                       for m, (v, role) in methods.items()},
-           "ceiling": mean_sd([u["ceiling"] for u in ordered.values()]),
-           "majority": mean_sd([u["majority"] for u in ordered.values()]),
-           **{how: mean_sd(figs(units.get(how, {}), "teacher", "step_acc_label_free")) for how in ("shuffled", "reversed")},
-           **{f"{how}_given_class": mean_sd(figs(units.get(how, {}), "teacher", "step_acc_given_class"))
-              for how in ("shuffled", "reversed")},
-           "paired": paired(units),
-           "per_unit": units}
-    return out
+    spread = {"methods": {m: {k: mean_sd(figs(units.get(v, {}), role, k)) for k in
+                              ("step_acc_label_free", "step_acc_given_class", "macro_f1")}
+                          for m, (v, role) in methods.items()},
+              "ceiling": mean_sd([u["ceiling"] for u in ordered.values()]),
+              "majority": mean_sd([u["majority"] for u in ordered.values()]),
+              **{how: mean_sd(figs(units.get(how, {}), "teacher", "step_acc_label_free")) for how in ("shuffled", "reversed")},
+              **{f"{how}_given_class": mean_sd(figs(units.get(how, {}), "teacher", "step_acc_given_class"))
+                 for how in ("shuffled", "reversed")}}
+    means = {k: ({m: {kk: vv["mean"] for kk, vv in v.items()} for m, v in d.items()} if k == "methods" else d["mean"])
+             for k, d in spread.items()}
+    return {"data": "HAPT transition episodes (kd.data.hapt task=episodes): 10 s around each postural transition, "
+                    "truth per time step in EPISODE_TRUTH (sitting, standing, lying, transition)",
+            "units": {name: sorted(u) for name, u in units.items()},
+            **means,                     # means over the (fold, seed) units; `spread`: with sd and units
+            "spread": spread, "paired": paired(units), "per_unit": units}
 
 
 # (name, (variant, role), (variant, role)): label-free step recovery, first minus second, over the units both have
@@ -234,15 +235,16 @@ def paired(units: Dict) -> Dict:
 
 
 def table(rep: Dict) -> str:
+    sp = rep["spread"]
     f = lambda d: "—" if d["mean"] is None else (f"{d['mean']:.3f} ± {d['sd']:.3f}" if d["sd"] is not None  # noqa: E731
                                                 else f"{d['mean']:.3f}") + f" ({d['n']})"
     lines = ["| row | label-free step recovery | given the class | macro-F1 (class) |", "|---|---|---|---|"]
-    for m, v in rep["methods"].items():
+    for m, v in sp["methods"].items():
         lines.append(f"| {m} | {f(v['step_acc_label_free'])} | {f(v['step_acc_given_class'])} | {f(v['macro_f1'])} |")
     for how in ("shuffled", "reversed"):
-        lines.append(f"| teacher, {how} transcripts | {f(rep[how])} | {f(rep[how + '_given_class'])} | |")
-    lines.append(f"| supervised ceiling (same inputs as the teacher's scores) | {f(rep['ceiling'])} | | |")
-    lines.append(f"| majority guess (training subjects' commonest label) | {f(rep['majority'])} | | |")
+        lines.append(f"| teacher, {how} transcripts | {f(sp[how])} | {f(sp[how + '_given_class'])} | |")
+    lines.append(f"| supervised ceiling (same inputs as the teacher's scores) | {f(sp['ceiling'])} | | |")
+    lines.append(f"| majority guess (training subjects' commonest label) | {f(sp['majority'])} | | |")
     lines += ["", "| paired, label-free step recovery | mean [95 % CI], corrected p | units |", "|---|---|---|"]
     lines += [f"| {k} | {v['mean']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}], p {v['p']:.3f} | {v['n']} |"
               for k, v in rep.get("paired", {}).items()]
