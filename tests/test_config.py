@@ -133,6 +133,18 @@ def test_two_runs_are_the_same_run_whatever_they_set_where_they_do_not_read():
     assert teacher_key(load_config(cnn)) == teacher_key(load_config(cnn, ["teacher.vqshape.dim=128"]))
     assert teacher_key(load_config(cnn)) != teacher_key(load_config(cnn, ["teacher.cnn.kernel_size=3"]))
     assert not same("configs/default.yaml", [], ["teacher.vqshape.dim=128"])     # a VQShape teacher reads it
+    # the ordered-alignment keys count only for a teacher that aligns (adding one does not re-key cached teachers);
+    # ALIGNMENT_KEYS lists every fusion key after action_target, so a new one cannot be forgotten there
+    from dataclasses import fields
+    from kd.config import FusionConfig
+    from kd.identity import ALIGNMENT_KEYS
+    names = [f.name for f in fields(FusionConfig)]
+    assert set(names[names.index("action_target") + 1:]) == set(ALIGNMENT_KEYS)
+    assert same("configs/default.yaml", [], ["teacher.fusion.align_p_stay=0.5", "teacher.fusion.sub_levels=true"])
+    ordered = ["teacher.fusion.action_target=ordered"]
+    assert not same("configs/default.yaml", ordered, [*ordered, "teacher.fusion.align_p_stay=0.5"])
+    assert teacher_key(load_config("configs/default.yaml", ordered)) != teacher_key(
+        load_config("configs/default.yaml", [*ordered, "teacher.fusion.align_chain=once"]))
 
 
 def test_a_finished_runs_identity_leaves_out_where_its_extra_teachers_are_stored():
