@@ -88,7 +88,6 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
 def decoded(run_dir: Path):
     """A run's teacher on its held-out windows: per window the chain's decoded states over the time bins given
     the true class (B, N), its class, its number of phases and its repetitions."""
-    from teachers.alignment import chain_kwargs, chain_viterbi
     teacher, _, _, splits = load_run_teacher(run_dir)
     teacher.eval()
     rows = {"path": [], "y": [], "n_states": [], "reps": [], "changes": []}
@@ -98,12 +97,9 @@ def decoded(run_dir: Path):
         order = out["t"][..., 0].argsort(1)                                     # tokens in time order
         tokens = dec["viterbi"].gather(1, order).reshape(len(batch["y"]), splits.num_channels, -1)[:, 0]
         rows["changes"] += (tokens[:, 1:] != tokens[:, :-1]).sum(1).tolist()   # channel 0's tokens
-        c = teacher.chain(out, batch["y"])
-        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(teacher.fusion.align_chain),
-                                p_stay=teacher.fusion.align_p_stay)
-        rows["path"] += path.tolist()
+        rows["path"] += dec["path"].tolist()                                    # one sequence per window
         rows["y"] += batch["y"].tolist()
-        rows["n_states"] += c.n_states.tolist()
+        rows["n_states"] += teacher.class_mask[batch["y"]].sum(1).tolist()
         rows["reps"] += [repetitions(x.numpy()) for x in batch["x"]]
     return teacher, splits, {k: np.array(v) for k, v in rows.items()}
 

@@ -91,12 +91,16 @@ class Predictor(nn.Module):
                              f"(check --layout)")
         return resample(x, self.length)
 
+    def readout_mix(self):
+        """The workspace read-out as the eager student applies it (its learned prior, no teacher), or None."""
+        ws = self.model["workspace"] if "workspace" in self.model else None
+        return (lambda f: ws(f, None)[0]) if ws is not None else None
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         if self.fused is not None:
             return torch.cat([self.fused(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-        ws = self.model["workspace"] if "workspace" in self.model else None
-        mix = (lambda f: ws(f, None)[0]) if ws is not None else None
+        mix = self.readout_mix()
         return torch.cat([self.model["student"](x[i:i + batch_size], mix=mix).logits
                           for i in range(0, len(x), batch_size)])
 
@@ -113,8 +117,7 @@ class Predictor(nn.Module):
         if self.vocab_texts is None:
             raise ValueError("this student has no sub-action read-out: only a student distilled with kd.sub_kl from "
                              "an ordered-alignment teacher tells a timeline (its meta.json has no 'timeline')")
-        ws = self.model["workspace"] if "workspace" in self.model else None
-        mix = (lambda f: ws(f, None)[0]) if ws is not None else None
+        mix = self.readout_mix()
         rows = {"class": [], "label_free": [], "given_class": []}
         for i in range(0, len(x), batch_size):
             out = self.model["student"](x[i:i + batch_size], mix=mix)

@@ -189,12 +189,12 @@ class Transcripts(torch.nn.Module):
         class's sub-actions averaged over the tokens whose span centre falls in each time bin, chain_viterbi,
         each token the state of its bin (per_bin: the path itself, (B, n_bins)). (A student's head has no score
         prior to divide by, unlike the teacher.)"""
-        from teachers.alignment import chain_kwargs, chain_viterbi, pool_bins, time_bins
+        from teachers.alignment import chain_kwargs, chain_viterbi, mean_bins, time_bins
         G, N = scores.shape[1], self.n_bins
         ids = self.class_index[y]                                                     # (B, K)
         lp = scores.float().log_softmax(-1).gather(-1, ids[:, None, :].expand(-1, G, -1))  # (B, G, K)
         bins = time_bins((t + l / 2).squeeze(-1), N)                                  # (B, G)
-        emit = pool_bins(lp, bins, N) / pool_bins(torch.ones_like(lp[..., :1]), bins, N).clamp(min=1)
+        emit = mean_bins(lp, bins, N)
         path, _ = chain_viterbi(emit, self.class_mask[y].sum(1), **chain_kwargs(self.chain), p_stay=self.p_stay)
         return ids.gather(1, path if per_bin else path.gather(1, bins))
 

@@ -154,6 +154,12 @@ def time_bins(centre: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (centre.detach() * n_bins).floor().long().clamp(0, n_bins - 1)
 
 
+def mean_bins(token_emit: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """pool_bins averaged over each bin's tokens instead of summed (an empty bin still emits 0)."""
+    count = pool_bins(torch.ones_like(token_emit[..., :1]), bins, n_bins).clamp(min=1)
+    return pool_bins(token_emit, bins, n_bins) / count
+
+
 def pool_bins(token_emit: torch.Tensor, bins: torch.Tensor, n_bins: int) -> torch.Tensor:
     """token_emit (S, G, K) log-emissions of G tokens, bins (S, G) -> (S, n_bins, K): a bin emits the sum
     of its tokens' log-emissions (the tokens of one time bin, e.g. of all channels, are independent

@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from teachers.alignment import (CodeEmissions, chain_kwargs, chain_posteriors, chain_viterbi, pool_bins,
-                                state_posteriors, time_bins, tokens_to_vocabulary)
+from teachers.alignment import (CodeEmissions, chain_kwargs, chain_posteriors, chain_viterbi, mean_bins,
+                                pool_bins, state_posteriors, time_bins, tokens_to_vocabulary)
 from kd.layers import MLP, Attention, neighbour_context
 from kd.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -289,7 +289,7 @@ class MMVQShape(VQShape):
         if self.reads_scores():
             states = ids.repeat_interleave(C, 0)[:, None, :].expand(-1, N, -1)       # (B*C, N, K)
             tok = self.scaled_scores(out).gather(-1, states).view(B, C * N, -1)     # (B, C*N, K)
-            emit = pool_bins(tok, bins, N) / pool_bins(torch.ones_like(tok[..., :1]), bins, N).clamp(min=1)
+            emit = mean_bins(tok, bins, N)
         else:
             emit = pool_bins(self.code_emit.token_emissions(codes, ids).flatten(1, 2), bins, N)
         return Chain(emit, ids, self.class_mask[y].sum(dim=1), rows.repeat_interleave(C),
@@ -321,16 +321,18 @@ class MMVQShape(VQShape):
     def decode_subactions(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Held-out decoding, tokens in their own order (B*C, N): `viterbi` = the vocabulary id of each
         token on the best ordered path given class y; `free` = argmax of its label-free scores;
-        `loglik` (B,) = each window's alignment log-likelihood under class y (summed over its sequences)."""
+        `loglik` (B,) = each window's alignment log-likelihood under class y (summed over its sequences);
+        `path` (B, N) = that path itself, each window's state index in every time bin."""
         return self.decode(self(x, keys="vocab", reconstruct=False), y)
 
     @torch.no_grad()
     def decode(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """decode_subactions on the outputs of a forward already run (keys="vocab")."""
         c = self.chain(out, y)
-        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(self.fusion.align_chain), p_stay=self.fusion.align_p_stay)
+        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(self.fusion.align_chain),
+                                p_stay=self.fusion.align_p_stay)
         voc = c.ids.gather(1, path)                                           # (S, L) vocabulary ids
-        return {"viterbi": voc[c.row[:, None], c.pos], "free": out["sub_scores"].argmax(-1),
+        return {"viterbi": voc[c.row[:, None], c.pos], "free": out["sub_scores"].argmax(-1), "path": path,
                 "loglik": self.window_loglik(c, len(y)), "t": out["t"], "l": out["l"]}
 
     def window_loglik(self, c: "Chain", batch: int) -> torch.Tensor:
