@@ -298,3 +298,33 @@ def test_adjusted_rand_is_one_for_the_same_partition_and_matches_the_pair_count_
     expected = na * nb / n
     assert adjusted_rand(a, b) == pytest.approx((n11 - expected) / ((na + nb) / 2 - expected))
     assert abs(adjusted_rand(a, b)) < 0.05
+
+
+def test_sub_levels_let_the_scores_see_the_level_the_normalised_window_hides(text_cache):
+    """Each window is z-normalised before tokenising, so adding a constant to it leaves every feature the scores
+    read unchanged; with fusion.sub_levels the tokens' mean in the input's units (two more numbers per channel)
+    moves by exactly that constant."""
+    from kd.config import load_config
+    from kd.data import build_splits
+    from kd.pipeline import text_tensors
+    from teachers import build_teacher
+    x = None
+    for levels in (False, True):
+        cfg = load_config("configs/synthetic_smoke.yaml", [*TINY, f"text.cache_dir={text_cache}", *ORDERED_SUB_KL,
+                                                            f"teacher.fusion.sub_levels={levels}",
+                                                            "teacher.fusion.sub_context=0"])
+        splits = build_splits(cfg.data)
+        torch.manual_seed(0)
+        teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names),
+                                text_tensors(cfg, splits)[0]).eval()
+        x = torch.stack([splits.test[i]["x"] for i in range(4)]) if x is None else x
+        with torch.no_grad():
+            feats = [teacher.bin_features(teacher(v, keys="vocab", reconstruct=False), 4)[0] for v in (x, x + 5.0)]
+        C, W = splits.num_channels, teacher.cfg.dim_code + 2 + 2 * levels
+        assert feats[0].shape[-1] == C * W
+        diff = (feats[1] - feats[0]).view(4, -1, C, W)
+        assert diff[..., :W - 2 * levels].abs().max() < 1e-3                 # codes, normalised mean and std
+        if levels:
+            filled = feats[0].view(4, -1, C, W)[..., W - 2].ne(0)             # bins holding tokens
+            torch.testing.assert_close(diff[..., W - 2][filled], torch.full_like(diff[..., W - 2][filled], 5.0),
+                                       atol=1e-3, rtol=0)
