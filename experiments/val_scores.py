@@ -5,7 +5,7 @@ the run selected, scored on the run's validation subject(s) (`train.val_selected
 the test subjects are not read. Prints mean ± sample sd over runs and the mean paired difference
 against the first method given, over the (fold, seed) units both have.
 
-    python -m experiments.val_scores --root runs/cv/topo_screen --methods topo_logit topo_sp100 topo_sp1000
+    python -m experiments.val_scores --root runs/cv/default_select_all --methods default alone no_logit fm
 """
 from __future__ import annotations
 

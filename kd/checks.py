@@ -68,8 +68,6 @@ RANGES = {
     "teacher.fusion.align_scores_from_step": Range(0, hint="the step the E-step switches to the scores; null: never"),
     "teacher.fusion.sub_context": Range(0, hint="time bins either side of a token"),
     "teacher.fusion.sub_layers": Range(0, hint="0: an MLP per token; L: L convolutions over the time bins"),
-    **{f"teacher.topo.{k}": Range(0, low_open=True) for k in ("pixel_size", "sigma", "birth_range", "pers_max", "hidden")},
-    "teacher.topo.dropout": Range(0, 1, high_open=True),
     "train.ema": Range(0, 1, high_open=True, hint="the decay of the weight average; 0 = off"),
     "train.mixup": Range(0, hint="the Beta(a, a) parameter; 0 = off"),
     "train.augment.scale": Range(0, hint="0 = off"),
@@ -115,7 +113,7 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.data.name == "hapt" and (cfg.data.hapt.root is None or not (Path(cfg.data.hapt.root) / "RawData").is_dir()):
         raise ConfigError(f"data.name=hapt reads the UCI HAPT folder at data.hapt.root={cfg.data.hapt.root!r}, "
                           "which has no RawData/ folder: set data.hapt.root to the folder holding RawData/")
-    if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "topo", "none"):
+    if cfg.teacher.members > 1 and cfg.teacher.arch in ("vqshape", "none"):
         raise ConfigError(f"teacher.members={cfg.teacher.members} builds an ensemble of CNN teachers; "
                           f"teacher.arch={cfg.teacher.arch!r} is not a CNN: set teacher.members=1 or a CNN teacher.arch")
     a = cfg.train.augment
@@ -131,8 +129,6 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError("train.mixup > 0 with a teacher that teaches with the class text of one label "
                               "(teacher.fusion.teach_keys=class), which a mixed window does not have: set "
                               "teacher.fusion.teach_keys=vocab (no label) or train.mixup=0")
-    if cfg.teacher.arch == "topo":
-        check_topo_grid(cfg.teacher.topo)
     if cfg.train.teacher_ssl_epochs > 0 and cfg.teacher.arch not in ("vqshape", "none"):
         raise ConfigError(f"train.teacher_ssl_epochs={cfg.train.teacher_ssl_epochs} needs a VQShape teacher "
                           f"(teacher.arch={cfg.teacher.arch!r} has no self-supervised terms); set it to 0")
@@ -171,10 +167,3 @@ def check_kd(kd: DictConfig, source_names: List[str]) -> None:
     if kd.coef == "dynamic" and not kd.workspace.enabled:
         raise ConfigError("kd.coef=dynamic takes its coefficients from the workspace: set "
                           "kd.workspace.enabled=true, or use kd.coef=fixed")
-
-
-def check_topo_grid(t: DictConfig) -> None:
-    for key, extent in (("birth_range", 2 * t.birth_range), ("pers_max", t.pers_max)):
-        if extent < t.pixel_size:
-            raise ConfigError(f"teacher.topo.{key}={t[key]} gives a grid narrower than one pixel "
-                              f"(teacher.topo.pixel_size={t.pixel_size}): raise it or lower the pixel size")

@@ -169,19 +169,6 @@ class CNNConfig:
     adapter_heads: int = 4
 
 
-@dataclass
-class TopoConfig:
-    """The topological teacher (teachers/topo.py): persistence images of each z-normalised channel's
-    sublevel and superlevel 0-dimensional diagrams, on a (birth, persistence) grid in units of the
-    channel's std, read by an MLP."""
-    pixel_size: float = 0.25
-    sigma: float = 0.05               # variance of the Gaussian around each diagram point
-    birth_range: float = 3.0          # births on [-birth_range, birth_range]
-    pers_max: float = 4.0             # persistences on [0, pers_max]
-    hidden: int = 128                 # the MLP's hidden width: the teacher's feature
-    dropout: float = 0.3
-
-
 def default_teacher_vqshape() -> VQShapeConfig:
     """The default teacher: a small VQShape (official: dim 256, 4/4/2 layers) with the options past the official
     recipe that made its tokens healthy (experiments/teacher_health.md sections 4-5; the conv head: RESULTS §0i)."""
@@ -198,7 +185,6 @@ class TeacherConfig:
     vqshape: VQShapeConfig = field(default_factory=default_teacher_vqshape)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
-    topo: TopoConfig = field(default_factory=TopoConfig)
     members: int = 1                  # CNN teacher: an ensemble of this many, averaged probabilities (teachers/ensemble.py)
 
 
@@ -382,8 +368,9 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-# The last commit that reads configs and checkpoints written with options retired before it.
-LAST_COMPATIBLE_COMMIT = "114434b"
+# The last commit that reads configs and checkpoints written with the options retired after it (one written
+# before commit 114434b: that commit).
+LAST_COMPATIBLE_COMMIT = "edeba7c"
 
 
 def config_from_dict(d: Dict[str, Any]) -> DictConfig:
@@ -394,7 +381,8 @@ def config_from_dict(d: Dict[str, Any]) -> DictConfig:
     except (ConfigKeyError, ConfigAttributeError) as err:
         key = getattr(err, "full_key", None) or str(err).splitlines()[0]
         raise ConfigError(f"the saved config has key {key!r}, which this version does not know: it was written by "
-                          f"an older version; rerun it, or load it with commit {LAST_COMPATIBLE_COMMIT}") from None
+                          f"an older version; rerun it, or load it with commit {LAST_COMPATIBLE_COMMIT} (a run older than "
+                          f"commit 114434b: with that commit)") from None
     from kd.checks import validate_config
     validate_config(cfg)
     return cfg

@@ -44,9 +44,7 @@ def unread_keys(d: Dict) -> List[str]:
         keys += ["teacher.fusion", "text"]
     elif t["fusion"]["action_target"] == "attention":
         keys += [f"teacher.fusion.{k}" for k in ALIGNMENT_KEYS]
-    if arch != "topo":
-        keys.append("teacher.topo")
-    if arch in ("vqshape", "topo"):                     # a CNN teacher's sections
+    if arch == "vqshape":                               # a CNN teacher's sections
         keys += ["teacher.cnn", "teacher.members"]
     keys += [f"kd.{n}.{k}" for n in KD_LOSS_KEYS if not kd[n]["weight"] for k in kd[n] if k != "weight"]
     keys += [] if kd["workspace"]["enabled"] else [f"kd.workspace.{k}" for k in kd["workspace"] if k != "enabled"]

@@ -82,7 +82,7 @@ TOKEN_OUTPUTS = ("shape_tokens", "action_tokens", "feature_tokens")
 
 class Classifier:
     """The engine's protocol for a model trained on its cross-entropy alone whose `forward(x)` returns
-    Outputs with logits and features (B, D, L) (the CNN students, the topological teacher): as a
+    Outputs with logits and features (B, D, L) (the CNN students and CNN teachers): as a
     teacher it teaches its features as tokens (B, L, D), a workspace source; labels are unused."""
 
     def fit_forward(self, batch: Dict[str, Tensor]) -> Outputs:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint
-from kd.config import LAST_COMPATIBLE_COMMIT, config_from_dict
+from kd.config import config_from_dict
 from kd.data import resample
 from kd.metrics import classification_report
 from kd.recovery import Transcripts, step_predictions
@@ -55,7 +55,7 @@ class Predictor(nn.Module):
             meta["num_actions"], freeze_shared=meta["role"] == "student")})
         if "workspace" not in meta:
             raise CheckpointError(f"{path} was exported before meta.json held the workspace's constructor "
-                                  f"arguments: re-export it with commit {LAST_COMPATIBLE_COMMIT} "
+                                  f"arguments: re-export it with commit 114434b "
                                   f"(python -m kd.predict --upgrade {path}) or retrain it")
         if meta["workspace"]:
             self.model["workspace"] = Workspace(cfg.kd.workspace, **meta["workspace"])

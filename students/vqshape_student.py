@@ -2,7 +2,7 @@
 and action decoder (METHOD.md §5), so its tokens live in the teacher's shape space."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 import torch.nn as nn

@@ -7,7 +7,6 @@ import torch.nn as nn
 
 from teachers.ensemble import Ensemble
 from teachers.mmvqshape import MMVQShape
-from teachers.topo import TopoTeacher
 from kd.vqshape import VQShape
 from students import CNN_ARCHS, STUDENT_CLASSES, build_student
 
@@ -28,11 +27,7 @@ def _student_as_teacher(arch: str) -> Callable:
     return build
 
 
-def _topo(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> nn.Module:
-    return TopoTeacher(cfg.topo, num_channels, num_classes)
-
-
-TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape, "topo": _topo}
+TEACHERS: Dict[str, Callable] = {"vqshape": _vqshape}
 TEACHERS.update({arch: _student_as_teacher(arch) for arch in CNN_ARCHS})
 
 
@@ -40,8 +35,6 @@ def teacher_class(cfg) -> type:
     """The class `build_teacher(cfg, ...)` builds, known from the config alone (kd/contract.py)."""
     if cfg.arch == "vqshape":
         return MMVQShape if cfg.text_guidance else VQShape
-    if cfg.arch == "topo":
-        return TopoTeacher
     if cfg.arch not in TEACHERS:
         raise ValueError(f"unknown teacher arch {cfg.arch!r}; known: {sorted(TEACHERS)}")
     return Ensemble if cfg.members > 1 else STUDENT_CLASSES[cfg.arch]
