@@ -2,7 +2,7 @@
 
 Trains, for every fold (subject k-fold, validation = the subjects before the fold, as kd.cv) and seed:
 - `ordered`: configs/hapt/episodes_subactions.yaml, teacher and signal-only student (stage=all);
-- `set_only`: the same teacher with set-only targets (teacher.fusion.action_target=set);
+- `set_only`: the same teacher with set-only targets (teacher.alignment.target=set);
 - `shuffled`, `reversed`: the ordered teacher reading transcripts whose transitions' sub-actions are shuffled
   (one fixed permutation per class, never the identity) or reversed (written to <root>/text/);
 then reports, on each fold's test subjects, per-time-step recovery of EPISODE_TRUTH (sitting, standing, lying,
@@ -32,7 +32,7 @@ import numpy as np
 import yaml
 
 CONFIG = "configs/hapt/episodes_subactions.yaml"
-VARIANTS = {"ordered": ([], "all"), "set_only": (["teacher.fusion.action_target=set"], "teacher"),
+VARIANTS = {"ordered": ([], "all"), "set_only": (["teacher.alignment.target=set"], "teacher"),
             "shuffled": ([], "teacher"), "reversed": ([], "teacher")}
 
 

@@ -140,22 +140,29 @@ class FusionConfig:
     lambda_label: float = 1.0
     lambda_con: float = 0.5
     lambda_vq_action: float = 1.0
-    # Ordered alignment (research, off by default: METHOD.md §4, experiments/subactions.md). Action branch target:
-    # "attention" weights | "ordered": the tokens aligned to the class's ordered sub-actions | "set": no chain.
-    action_target: str = "attention"
-    sub_dim: int = 64               # width of the token / sub-action projections the scores compare
-    sub_temperature: float = 0.1    # scores = cos(P_h w, P_u e_m) / temperature (w: window_features)
-    lambda_sub: float = 1.0         # CE(targets, softmax(scores)) over the whole vocabulary
-    align_warmup_steps: int = 100   # "ordered": set-only targets for the first training steps
-    align_p_stay: float = 0.7       # chain transition: stay in a sub-action (else advance)
-    align_chain: str = "cyclic"     # "cyclic": repeats, any start | "once": first sub-action to last (an episode)
-    align_scores_from_step: Optional[int] = None   # E-step emissions from the scores from this step (None: the code table)
-    align_code_decay: float = 0.98      # code-table counts are multiplied by this every training step
-    align_code_smoothing: float = 0.1   # added to every count before normalising over codes
-    align_prior_momentum: float = 0.99
-    sub_context: int = 1            # time bins either side of a token's that the scores read
-    sub_levels: bool = False        # the scores also read the tokens' mean and log std in the input's units
-    sub_layers: int = 0             # 0: an MLP per token | L: L residual convolutions over the time bins
+
+
+@dataclass
+class AlignmentConfig:
+    """Ordered sub-action alignment of a text-guided teacher (research, off by default: METHOD.md §4,
+    experiments/subactions.md): per-token scores over the whole vocabulary, trained on targets aligned to each
+    class's ordered sub-actions."""
+    # The action branch's target: "none" = the cross-attention weights | "ordered" = the tokens aligned to the
+    # class's ordered sub-actions | "set" = the class's sub-actions without order (no chain).
+    target: str = "none"
+    dim: int = 64                   # width of the token / sub-action projections the scores compare
+    temperature: float = 0.1        # scores = cos(P_h w, P_u e_m) / temperature (w: window_features)
+    weight: float = 1.0             # of CE(targets, softmax(scores)) over the whole vocabulary
+    warmup_steps: int = 100         # "ordered": set-only targets for the first training steps
+    p_stay: float = 0.7             # chain transition: stay in a sub-action (else advance)
+    chain: str = "cyclic"           # "cyclic": repeats, any start | "once": first sub-action to last (an episode)
+    scores_from_step: Optional[int] = None   # E-step emissions from the scores from this step (None: the code table)
+    code_decay: float = 0.98        # code-table counts are multiplied by this every training step
+    code_smoothing: float = 0.1     # added to every count before normalising over codes
+    prior_momentum: float = 0.99
+    context: int = 1                # time bins either side of a token's that the scores read
+    levels: bool = False            # the scores also read the tokens' mean and log std in the input's units
+    layers: int = 0                 # 0: an MLP per token | L: L residual convolutions over the time bins
 
 
 @dataclass
@@ -184,6 +191,7 @@ class TeacherConfig:
     checkpoint: Optional[str] = None  # load if it exists, else train and save there (None: <run_dir>/teacher)
     vqshape: VQShapeConfig = field(default_factory=default_teacher_vqshape)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     cnn: CNNConfig = field(default_factory=CNNConfig)
     members: int = 1                  # CNN teacher: an ensemble of this many, averaged probabilities (teachers/ensemble.py)
 

@@ -15,12 +15,6 @@ from kd.config import KD_LOSS_KEYS
 # pairing's values (kd.stages.load_teacher) and a study shares one teacher across them (kd.cv.teacher_key).
 TEACHING_KEYS = ("fusion.teach_keys",)
 
-# The ordered-alignment keys of teacher.fusion (METHOD.md section 4): read only when fusion.action_target is not
-# "attention", so a key added to that research option does not re-key every cached default teacher.
-ALIGNMENT_KEYS = ("sub_dim", "sub_temperature", "lambda_sub", "align_warmup_steps", "align_p_stay", "align_chain",
-                  "align_scores_from_step", "align_code_decay", "align_code_smoothing", "align_prior_momentum",
-                  "sub_context", "sub_layers", "sub_levels")
-
 # Keys that may change between runs into one run_dir (what to do, not what is computed);
 # train.num_threads changes speed only.
 IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
@@ -28,7 +22,7 @@ IGNORED_FOR_RERUN = ("stage", "resume", "overwrite", "train.num_threads")
 
 def unread_keys(d: Dict) -> List[str]:
     """The sections a run with resolved config `d` never reads: without a teacher, everything about teaching; the
-    sections of the architectures not chosen; the ordered-alignment keys when the teacher does not align; the
+    sections of the architectures not chosen; teacher.alignment's parameters when it is off; the
     parameters of a KD loss at weight 0 and of a disabled workspace."""
     t, kd = d.get("teacher"), d.get("kd")
     if not isinstance(t, dict) or not isinstance(kd, dict):
@@ -41,9 +35,9 @@ def unread_keys(d: Dict) -> List[str]:
     if arch != "vqshape":
         keys.append("teacher.vqshape")
     if arch != "vqshape" or not t["text_guidance"]:
-        keys += ["teacher.fusion", "text"]
-    elif t["fusion"]["action_target"] == "attention":
-        keys += [f"teacher.fusion.{k}" for k in ALIGNMENT_KEYS]
+        keys += ["teacher.fusion", "teacher.alignment", "text"]
+    elif t["alignment"]["target"] == "none":
+        keys += [f"teacher.alignment.{k}" for k in t["alignment"] if k != "target"]
     if arch == "vqshape":                               # a CNN teacher's sections
         keys += ["teacher.cnn", "teacher.members"]
     keys += [f"kd.{n}.{k}" for n in KD_LOSS_KEYS if not kd[n]["weight"] for k in kd[n] if k != "weight"]

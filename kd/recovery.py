@@ -172,8 +172,8 @@ class Transcripts(torch.nn.Module):
 
     @classmethod
     def of(cls, teacher) -> "Transcripts":
-        return cls(teacher.class_index, teacher.class_mask, teacher.cfg.num_token, teacher.fusion.align_p_stay,
-                   teacher.fusion.align_chain)
+        return cls(teacher.class_index, teacher.class_mask, teacher.cfg.num_token, teacher.align.p_stay,
+                   teacher.align.chain)
 
     @property
     def args(self) -> Dict:
@@ -253,7 +253,7 @@ def supervised_ceiling(teacher, splits, num_labels: int, seed: int = 0, epochs: 
     tr = inputs(splits.train)
     mean, std = tr["ctx"].flatten(0, 1).mean(0), tr["ctx"].flatten(0, 1).std(0) + 1e-6
     torch.manual_seed(seed)
-    reader = BinConvReader(tr["ctx"].shape[-1], num_labels, teacher.cfg.dim, max(teacher.fusion.sub_layers, 1))
+    reader = BinConvReader(tr["ctx"].shape[-1], num_labels, teacher.cfg.dim, max(teacher.align.layers, 1))
     opt = torch.optim.Adam(reader.parameters(), lr=lr, weight_decay=1e-4)
     per_token = lambda ctx, bins: reader((ctx - mean) / std).gather(  # noqa: E731
         1, bins[..., None].expand(-1, -1, num_labels))                                 # (B, C*N, P)

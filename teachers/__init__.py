@@ -16,7 +16,7 @@ def _vqshape(cfg, num_channels: int, num_classes: int, text: Optional[Dict]) -> 
         return VQShape(cfg.vqshape, num_channels, num_classes)
     if text is None:
         raise ValueError("teacher.text_guidance=true needs the sub-action text bank")
-    return MMVQShape(cfg.vqshape, cfg.fusion, num_channels, num_classes, **text)
+    return MMVQShape(cfg.vqshape, cfg.fusion, num_channels, num_classes, **text, align=cfg.alignment)
 
 
 def _student_as_teacher(arch: str) -> Callable:

@@ -135,9 +135,9 @@ def state_posteriors(emit: torch.Tensor, n_states: torch.Tensor, ordered: bool, 
 
 
 def chain_kwargs(chain: str) -> Dict[str, bool]:
-    """teacher.fusion.align_chain -> the chain functions' `cyclic` and `anchored`."""
+    """teacher.alignment.chain -> the chain functions' `cyclic` and `anchored`."""
     if chain not in ("cyclic", "once"):
-        raise ValueError(f"align_chain={chain!r} must be 'cyclic' or 'once'")
+        raise ValueError(f"teacher.alignment.chain={chain!r} must be 'cyclic' or 'once'")
     return {"cyclic": chain == "cyclic", "anchored": chain == "once"}
 
 

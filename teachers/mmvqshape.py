@@ -9,14 +9,14 @@ the *order* of the class's sub-actions (weak supervision from an ordered transcr
 * E-step, without gradient: the window's tokens, pooled into N time bins by span centre t + l/2, are
   aligned to the class's ordered sub-actions by forward-backward on a cyclic left-to-right chain
   (teachers/alignment.py) whose emissions come from a table over the shape codes (online EM), until
-  `align_scores_from_step`, after which the teacher realigns on its own scores; the state posteriors,
-  scattered into the vocabulary, are the targets p (for the first `align_warmup_steps`, each bin's
+  `alignment.scores_from_step`, after which the teacher realigns on its own scores; the state posteriors,
+  scattered into the vocabulary, are the targets p (for the first `alignment.warmup_steps`, each bin's
   softmax over the class's entries: set only, no order);
 * L_sub = CE(p, softmax(s)) trains the scores; L_act = KL(p || softmax(action_decoder(z_q))) makes
   every shape code decode to a sub-action distribution as well as a shape.
 
-`fusion.action_target` names the target ("ordered", "set", or "attention": the attention weights of
-the cross-attention, as before December 2026). Class text is privileged: evaluation uses the whole
+`teacher.alignment.target` names the target ("ordered", "set", or "none": the attention weights of the
+cross-attention, as before December 2026). Class text is privileged: evaluation uses the whole
 vocabulary as keys.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from teachers.alignment import (CodeEmissions, chain_kwargs, chain_posteriors, chain_viterbi, mean_bins,
                                 pool_bins, state_posteriors, time_bins, tokens_to_vocabulary)
+from kd.config import AlignmentConfig
 from kd.layers import MLP, Attention, neighbour_context
 from kd.vqshape import ShapeCodebook, VQShape, fold_tokens
 
@@ -101,14 +102,17 @@ class MMVQShape(VQShape):
     @classmethod
     def teach_outputs(cls, teacher_cfg) -> frozenset:
         """TEACH_OUTPUTS, plus the label-free sub-action scores when ordered alignment gives them."""
-        aligned = teacher_cfg.fusion.action_target != "attention"
+        aligned = teacher_cfg.alignment.target != "none"
         return cls.TEACH_OUTPUTS | ({"sub_logits"} if aligned else set())
 
     def __init__(self, cfg, fusion, num_channels: int, num_classes: int, vocab_emb: torch.Tensor,
-                 class_index: torch.Tensor, class_mask: torch.Tensor, label_emb: torch.Tensor):
+                 class_index: torch.Tensor, class_mask: torch.Tensor, label_emb: torch.Tensor,
+                 align: Optional[AlignmentConfig] = None):
+        """cfg: VQShapeConfig; fusion: FusionConfig; align: AlignmentConfig (None: no alignment, the action
+        branch learns the attention weights)."""
         super().__init__(cfg, num_channels, num_classes)
         self.check_text(num_classes, vocab_emb, class_index, class_mask, label_emb)
-        self.fusion = fusion
+        self.fusion, self.align = fusion, align or AlignmentConfig()
         M, Dt = vocab_emb.shape
         d, K = cfg.dim, class_index.shape[1]
         self.register_buffer("vocab_emb", vocab_emb.float().clone())        # (M, Dt)
@@ -125,18 +129,17 @@ class MMVQShape(VQShape):
         with torch.no_grad():  # action codes start at the projected vocabulary embeddings
             self.action_codebook.weight.copy_(self.text_proj(self.vocab_emb))
         self.label_head = MLP(K * d, Dt, d)
-        self.aligned = fusion.action_target != "attention"   # sub-action scores and the E-step exist
+        a = self.align
+        self.aligned = a.target != "none"   # sub-action scores and the E-step exist
         if self.aligned:
-            width = (2 * fusion.sub_context + 1) * num_channels * (cfg.dim_code + 2 + 2 * fusion.sub_levels)
-            # P_h: an MLP on each token's window features, or (sub_layers > 0) residual convolutions over the
+            width = (2 * a.context + 1) * num_channels * (cfg.dim_code + 2 + 2 * a.levels)
+            # P_h: an MLP on each token's window features, or (layers > 0) residual convolutions over the
             # window's time bins, each layer reading 2 more bins either side
-            self.sub_tok = MLP(width, fusion.sub_dim, d) if fusion.sub_layers == 0 else \
-                BinConvReader(width, fusion.sub_dim, d, fusion.sub_layers)
-            self.sub_txt = nn.Linear(Dt, fusion.sub_dim)                      # P_u
+            self.sub_tok = MLP(width, a.dim, d) if a.layers == 0 else BinConvReader(width, a.dim, d, a.layers)
+            self.sub_txt = nn.Linear(Dt, a.dim)                               # P_u
             self.register_buffer("align_steps", torch.zeros((), dtype=torch.long))  # training steps seen
             self.register_buffer("sub_prior", torch.full((M,), 1.0 / M))    # EMA of mean softmax(scores)
-            self.code_emit = CodeEmissions(num_channels, M, cfg.num_code, fusion.align_code_decay,
-                                           fusion.align_code_smoothing)
+            self.code_emit = CodeEmissions(num_channels, M, cfg.num_code, a.code_decay, a.code_smoothing)
 
     def frozen_parts(self) -> Dict[str, nn.Module]:
         """The shape parts, plus the action codebook and decoder (a student's action tokens go through them)."""
@@ -228,22 +231,22 @@ class MMVQShape(VQShape):
         return out
 
     def window_features(self, out: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """What the scores read (B*C, N, (2k+1)*C*W), k = fusion.sub_context, W = dim_code + 2 (+ 2):
+        """What the scores read (B*C, N, (2k+1)*C*W), k = alignment.context, W = dim_code + 2 (+ 2):
         for each token, the mean code, mean and std of every channel's tokens in its time bin (N equal bins,
         by span centre) and in the k bins either side (zeros past the window's ends or where a bin is
-        empty); with fusion.sub_levels also their mean and log std in the input's units (the window is
+        empty); with alignment.levels also their mean and log std in the input's units (the window is
         z-normalised before tokenising, which hides a level such as the direction of gravity). A motion is what all axes do at once over a stretch of time; one channel's short
         subsequence is ambiguous."""
         ctx, idx = self.bin_features(out, batch)
         return ctx.gather(1, idx.expand(-1, -1, ctx.shape[-1])).view(batch * self.num_channels, -1, ctx.shape[-1])
 
     def token_projection(self, out: Dict[str, torch.Tensor], batch: int) -> torch.Tensor:
-        """P_h of every token (B*C, N, sub_dim): the MLP on its window features, or the convolutional reader
-        over the window's bins (fusion.sub_layers > 0), each token then taking its bin's output."""
-        if self.fusion.sub_layers == 0:
+        """P_h of every token (B*C, N, alignment.dim): the MLP on its window features, or the convolutional reader
+        over the window's bins (alignment.layers > 0), each token then taking its bin's output."""
+        if self.align.layers == 0:
             return self.sub_tok(self.window_features(out, batch))
         ctx, idx = self.bin_features(out, batch)
-        z = self.sub_tok(ctx)                                                          # (B, N, sub_dim)
+        z = self.sub_tok(ctx)                                                          # (B, N, alignment.dim)
         return z.gather(1, idx.expand(-1, -1, z.shape[-1])).view(batch * self.num_channels, -1, z.shape[-1])
 
     def bin_features(self, out: Dict[str, torch.Tensor], batch: int):
@@ -251,7 +254,7 @@ class MMVQShape(VQShape):
         every token (B, C*N, 1), channel-major."""
         C = self.num_channels
         parts = [out["z_e"], out["mu"], out["sigma"]]
-        if self.fusion.sub_levels:   # instance_norm's statistics (B*C, 1) put the token back on the input's scale
+        if self.align.levels:   # instance_norm's statistics (B*C, 1) put the token back on the input's scale
             parts += [out["mean"][:, None] + out["std"][:, None] * out["mu"],
                       (out["std"][:, None] * out["sigma"]).clamp(min=1e-6).log()]
         f = torch.cat(parts, -1).view(batch, C, out["z_e"].shape[1], -1)
@@ -260,14 +263,14 @@ class MMVQShape(VQShape):
         total = f.new_zeros(batch, C, N, W).scatter_add(2, bins.expand_as(f), f)
         count = f.new_zeros(batch, C, N, 1).scatter_add(2, bins, torch.ones_like(bins, dtype=f.dtype))
         per_bin = (total / count.clamp(min=1)).permute(0, 2, 1, 3).flatten(2)          # (B, N, C*W)
-        return neighbour_context(per_bin, self.fusion.sub_context), bins.view(batch, C * N, 1)  # bins n-k .. n+k
+        return neighbour_context(per_bin, self.align.context), bins.view(batch, C * N, 1)  # bins n-k .. n+k
 
     def sub_scores(self, proj: torch.Tensor) -> torch.Tensor:
         """Label-free sub-action scores of every token over the whole vocabulary (B', N, M); proj: each token's
         projection P_h (token_projection)."""
         tok = F.normalize(proj, dim=-1)
         txt = F.normalize(self.sub_txt(self.vocab_emb), dim=-1)
-        return tok @ txt.t() / self.fusion.sub_temperature
+        return tok @ txt.t() / self.align.temperature
 
     # -- ordered alignment --------------------------------------------------------------
     def scaled_scores(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -278,7 +281,7 @@ class MMVQShape(VQShape):
     def chain(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> "Chain":
         """The sequences the E-step and decoding run on: one per window (B) over N equal time bins; a bin
         emits the summed log p(code | state, channel) of every token (of every channel) whose span centre
-        falls in it; from step `align_scores_from_step` on, the mean scaled score likelihood of those
+        falls in it; from step `alignment.scores_from_step` on, the mean scaled score likelihood of those
         tokens instead."""
         B, C = len(y), self.num_channels
         codes = out["code_idx"].view(B, C, -1)
@@ -296,13 +299,13 @@ class MMVQShape(VQShape):
                      bins.view(B * C, N), rows)
 
     def reads_scores(self) -> bool:
-        """Whether the code-table chain has switched to the scores (fusion.align_scores_from_step)."""
-        start = self.fusion.align_scores_from_step
+        """Whether the code-table chain has switched to the scores (alignment.scores_from_step)."""
+        start = self.align.scores_from_step
         return start is not None and int(self.align_steps) >= start
 
     @torch.no_grad()
     def update_prior(self, out: Dict[str, torch.Tensor]) -> None:
-        m = self.fusion.align_prior_momentum
+        m = self.align.prior_momentum
         self.sub_prior.mul_(m).add_((1 - m) * out["sub_scores"].detach().float().softmax(-1).mean(dim=(0, 1)))
 
     @torch.no_grad()
@@ -310,7 +313,7 @@ class MMVQShape(VQShape):
         """E-step targets p (B*C, N, M): chain posteriors (ordered) or the class-masked softmax (set). In
         training with emissions from the codes, the posteriors also update the code table (the M-step)."""
         c = self.chain(out, y)
-        post = state_posteriors(c.emit, c.n_states, ordered, self.fusion.align_p_stay, self.fusion.align_chain)
+        post = state_posteriors(c.emit, c.n_states, ordered, self.align.p_stay, self.align.chain)
         tok = post[c.row[:, None], c.pos]                                     # (B*C, N, K)
         if self.training:
             self.code_emit.update(out["code_idx"].view(len(y), self.num_channels, -1), c.ids,
@@ -329,16 +332,16 @@ class MMVQShape(VQShape):
     def decode(self, out: Dict[str, torch.Tensor], y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """decode_subactions on the outputs of a forward already run (keys="vocab")."""
         c = self.chain(out, y)
-        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(self.fusion.align_chain),
-                                p_stay=self.fusion.align_p_stay)
+        path, _ = chain_viterbi(c.emit, c.n_states, **chain_kwargs(self.align.chain),
+                                p_stay=self.align.p_stay)
         voc = c.ids.gather(1, path)                                           # (S, L) vocabulary ids
         return {"viterbi": voc[c.row[:, None], c.pos], "free": out["sub_scores"].argmax(-1), "path": path,
                 "loglik": self.window_loglik(c, len(y)), "t": out["t"], "l": out["l"]}
 
     def window_loglik(self, c: "Chain", batch: int) -> torch.Tensor:
         """(B,) each window's alignment log-likelihood under the class its chain was built for."""
-        _, loglik = chain_posteriors(c.emit, c.n_states, **chain_kwargs(self.fusion.align_chain),
-                                     p_stay=self.fusion.align_p_stay)
+        _, loglik = chain_posteriors(c.emit, c.n_states, **chain_kwargs(self.align.chain),
+                                     p_stay=self.align.p_stay)
         return loglik.new_zeros(batch).index_add_(0, c.window, loglik)
 
     def action_branch(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -358,20 +361,20 @@ class MMVQShape(VQShape):
         terms = super().losses(out, y, supervised)
         if not supervised:
             return terms
-        f, C = self.fusion, self.num_channels
+        f, a, C = self.fusion, self.align, self.num_channels
         cm = out["class_mode"]
         log_q = out["action_logits"].float().log_softmax(dim=-1)
-        if f.action_target == "attention":   # attention weights exist over class text only on class-mode rows
+        if not self.aligned:   # attention weights exist over class text only on class-mode rows
             act = kl_rows(out["p_tok"].float(), log_q).mean(dim=-1)         # (B*C,)
             terms["act"] = f.lambda_act * masked_mean(act, cm.repeat_interleave(C))
         else:
-            ordered = f.action_target == "ordered" and int(self.align_steps) >= f.align_warmup_steps
+            ordered = a.target == "ordered" and int(self.align_steps) >= a.warmup_steps
             if self.training:
                 self.update_prior(out)
             p = self.alignment_targets(out, y, ordered)
             if self.training:
                 self.align_steps += 1
-            terms["sub"] = f.lambda_sub * -(p * out["sub_scores"].float().log_softmax(dim=-1)).sum(-1).mean()
+            terms["sub"] = a.weight * -(p * out["sub_scores"].float().log_softmax(dim=-1)).sum(-1).mean()
             terms["act"] = f.lambda_act * kl_rows(p, log_q).mean()
         cos = F.cosine_similarity(out["label_pred"].float(), self.label_emb[y], dim=-1)
         terms["label"] = f.lambda_label * masked_mean(1 - cos, cm)

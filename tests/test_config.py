@@ -55,9 +55,9 @@ def test_overrides_and_required_keys():
     ("kd.workspace.enabled=false", "kd.coef=dynamic takes its coefficients from the workspace"),
     ("train.teacher_ssl_epochs=2 teacher.arch=wrn16_3", "needs a VQShape teacher"),
     ("teacher.vqshape.span_layout=partition", "unknown config key 'teacher.vqshape.span_layout'"),  # retired
-    ("teacher.fusion.align_scores_from_step=-1", r"align_scores_from_step=-1 must be >= 0"),
-    ("teacher.fusion.sub_context=-1", r"teacher.fusion.sub_context=-1 must be >= 0"),
-    ("teacher.fusion.sub_layers=-1", r"teacher.fusion.sub_layers=-1 must be >= 0 \(0: an MLP per token"),
+    ("teacher.alignment.scores_from_step=-1", r"teacher.alignment.scores_from_step=-1 must be >= 0"),
+    ("teacher.alignment.context=-1", r"teacher.alignment.context=-1 must be >= 0"),
+    ("teacher.alignment.layers=-1", r"teacher.alignment.layers=-1 must be >= 0 \(0: an MLP per token"),
     # each loss holds only its own parameters, checked at load (not when the student stage builds it)
     ("kd.attr.temperature=2", "unknown config key 'kd.attr.temperature'"),
     ("kd.sp.attr_weights.mu=1", "unknown config key 'kd.sp.attr_weights'"),
@@ -133,18 +133,14 @@ def test_two_runs_are_the_same_run_whatever_they_set_where_they_do_not_read():
     assert teacher_key(load_config(cnn)) == teacher_key(load_config(cnn, ["teacher.vqshape.dim=128"]))
     assert teacher_key(load_config(cnn)) != teacher_key(load_config(cnn, ["teacher.cnn.kernel_size=3"]))
     assert not same("configs/default.yaml", [], ["teacher.vqshape.dim=128"])     # a VQShape teacher reads it
-    # the ordered-alignment keys count only for a teacher that aligns (adding one does not re-key cached teachers);
-    # ALIGNMENT_KEYS lists every fusion key after action_target, so a new one cannot be forgotten there
-    from dataclasses import fields
-    from kd.config import FusionConfig
-    from kd.identity import ALIGNMENT_KEYS
-    names = [f.name for f in fields(FusionConfig)]
-    assert set(names[names.index("action_target") + 1:]) == set(ALIGNMENT_KEYS)
-    assert same("configs/default.yaml", [], ["teacher.fusion.align_p_stay=0.5", "teacher.fusion.sub_levels=true"])
-    ordered = ["teacher.fusion.action_target=ordered"]
-    assert not same("configs/default.yaml", ordered, [*ordered, "teacher.fusion.align_p_stay=0.5"])
+    # teacher.alignment's parameters count only for a teacher that aligns (adding one does not re-key cached teachers)
+    assert same("configs/default.yaml", [], ["teacher.alignment.p_stay=0.5", "teacher.alignment.levels=true"])
+    ordered = ["teacher.alignment.target=ordered"]
+    assert not same("configs/default.yaml", [], ordered)
+    assert not same("configs/default.yaml", ordered, [*ordered, "teacher.alignment.p_stay=0.5"])
     assert teacher_key(load_config("configs/default.yaml", ordered)) != teacher_key(
-        load_config("configs/default.yaml", [*ordered, "teacher.fusion.align_chain=once"]))
+        load_config("configs/default.yaml", [*ordered, "teacher.alignment.chain=once"]))
+    assert same(cnn, [], ordered)                     # a CNN teacher reads no alignment
 
 
 def test_a_finished_runs_identity_leaves_out_where_its_extra_teachers_are_stored():

@@ -32,7 +32,7 @@ def pairing_config(t_arch, text, s_arch, text_cache, extra=()):
     return load_config("configs/synthetic_smoke.yaml", [*base, *off, *on]), t_keys, s_keys
 
 
-ORDERED = ["teacher.fusion.action_target=ordered"]
+ORDERED = ["teacher.alignment.target=ordered"]
 
 
 @pytest.mark.parametrize("t_arch,text,s_arch,extra", [(*p, ()) for p in PAIRINGS] + [

@@ -246,7 +246,7 @@ def test_the_episodes_study_reports_every_figure_the_issue_names(tmp_path, text_
     root = tmp_path / "study"
     distill.main(["--config", "configs/hapt/episodes_subactions.yaml", f"data.hapt.root={hapt}", "data.hapt.window=200",
                   "data.length=64", "data.test_subjects=[1]", "data.val_subjects=[2]", f"run_dir={root}/ordered/fold0_s0",
-                  f"text.cache_dir={text_cache}", "train.max_steps=3", "teacher.fusion.align_scores_from_step=1",
+                  f"text.cache_dir={text_cache}", "train.max_steps=3", "teacher.alignment.scores_from_step=1",
                   "kd.workspace.num_slots=3", *vq_overrides("teacher")])
     results = json.loads((root / "ordered/fold0_s0/results.json").read_text())
     steps = 4 * 64                                                            # 4 test episodes, every step labelled

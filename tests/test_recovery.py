@@ -80,7 +80,7 @@ def ordered_sub_kl_distiller(text_cache):
     return build_distiller(cfg, splits, teacher), teacher, splits
 
 
-ORDERED_SUB_KL = ["teacher.fusion.action_target=ordered", "kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"]
+ORDERED_SUB_KL = ["teacher.alignment.target=ordered", "kd.sub_kl.weight=1.0", "kd.sub_kl.source=action"]
 
 
 def test_sub_kl_gradient_reaches_the_head_adapter_and_student_only(text_cache):
@@ -104,7 +104,7 @@ def test_synthetic_run_reports_the_recovery_of_the_distilled_sub_action_head(tmp
     run_dir = tmp_path / "sub"
     distill.main(["--config", "configs/synthetic_smoke.yaml", *TINY, f"run_dir={run_dir}",
                   f"text.cache_dir={text_cache}", "train.baseline=false", *ORDERED_SUB_KL,
-                  "teacher.fusion.align_scores_from_step=1"])
+                  "teacher.alignment.scores_from_step=1"])
     results = json.loads((run_dir / "results.json").read_text())
     for key in ("subaction_recovery", "subaction_recovery_scores"):            # the action decoder, the head
         rec = results["student"][key]
@@ -300,9 +300,9 @@ def test_adjusted_rand_is_one_for_the_same_partition_and_matches_the_pair_count_
     assert abs(adjusted_rand(a, b)) < 0.05
 
 
-def test_sub_levels_let_the_scores_see_the_level_the_normalised_window_hides(text_cache):
+def test_alignment_levels_let_the_scores_see_the_level_the_normalised_window_hides(text_cache):
     """Each window is z-normalised before tokenising, so adding a constant to it leaves every feature the scores
-    read unchanged; with fusion.sub_levels the tokens' mean in the input's units (two more numbers per channel)
+    read unchanged; with alignment.levels the tokens' mean in the input's units (two more numbers per channel)
     moves by exactly that constant."""
     from kd.config import load_config
     from kd.data import build_splits
@@ -311,8 +311,8 @@ def test_sub_levels_let_the_scores_see_the_level_the_normalised_window_hides(tex
     x = None
     for levels in (False, True):
         cfg = load_config("configs/synthetic_smoke.yaml", [*TINY, f"text.cache_dir={text_cache}", *ORDERED_SUB_KL,
-                                                            f"teacher.fusion.sub_levels={levels}",
-                                                            "teacher.fusion.sub_context=0"])
+                                                            f"teacher.alignment.levels={levels}",
+                                                            "teacher.alignment.context=0"])
         splits = build_splits(cfg.data)
         torch.manual_seed(0)
         teacher = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names),

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.checkpoint import CheckpointError, load_weights, read_checkpoint, save_model
-from kd.config import FusionConfig, VQShapeConfig
+from kd.config import AlignmentConfig, FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape, kl_rows, supcon_loss
 from kd.vqshape import (ShapeCodebook, ShapeDecoder, VQShape, disentangle_loss, extract_subsequence,
                         instance_norm)
@@ -261,7 +261,7 @@ def test_bad_input_errors():
 def test_mmvqshape_keys_targets_and_losses():
     torch.manual_seed(0)
     text = text_tensors()
-    m = MMVQShape(tiny_cfg(), FusionConfig(action_target="attention"), 2, 3, **text)
+    m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text, align=AlignmentConfig(target="none"))
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     out = m(x, y, keys="class")
     assert out["p_tok"].shape == (8, 8, 5)
@@ -279,7 +279,8 @@ def test_mmvqshape_keys_targets_and_losses():
 @pytest.mark.parametrize("target", ["ordered", "set"])
 def test_alignment_targets_live_on_the_class_sub_actions_and_switch_after_warmup(target):
     torch.manual_seed(0)
-    m = MMVQShape(tiny_cfg(), FusionConfig(action_target=target, align_warmup_steps=2), 2, 3, **text_tensors())
+    m = MMVQShape(tiny_cfg(), FusionConfig(), 2, 3, **text_tensors(),
+                  align=AlignmentConfig(target=target, warmup_steps=2))
     m.code_emit.counts.uniform_(0, 5)                            # a code table that tells sub-actions apart
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     out = m(x, keys="vocab")                                     # no class text as keys: the class is still known
@@ -304,8 +305,8 @@ def test_alignment_targets_live_on_the_class_sub_actions_and_switch_after_warmup
 
 def test_code_emissions_learn_from_training_steps_only_and_target_the_class_sub_actions():
     torch.manual_seed(0)
-    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", align_warmup_steps=0,
-                                                      align_code_decay=0.5), 2, 3, **text_tensors())
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(), 2, 3, **text_tensors(),
+                  align=AlignmentConfig(target="ordered", warmup_steps=0, code_decay=0.5))
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     m.train()
     out = m(x, keys="vocab")
@@ -333,7 +334,7 @@ def test_alignment_scores_get_gradient_but_targets_do_not():
     torch.manual_seed(0)
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
-                  FusionConfig(action_target="ordered", align_warmup_steps=0), 2, 3, **text_tensors())
+                  FusionConfig(), 2, 3, **text_tensors(), align=AlignmentConfig(target="ordered", warmup_steps=0))
     out = w(x, keys="vocab")
     w.losses(out, y)["sub"].backward()
     assert w.sub_tok[0].weight.grad.abs().sum() > 0 and w.sub_txt.weight.grad.abs().sum() > 0
@@ -346,11 +347,11 @@ def test_alignment_scores_get_gradient_but_targets_do_not():
 
 @pytest.mark.parametrize("k", [0, 1, 3])
 def test_window_scores_read_every_channel_exactly_k_bins_either_side(k):
-    """sub_context=k: the features of a token in time bin n depend on the tokens of every channel in bins
+    """alignment.context=k: the features of a token in time bin n depend on the tokens of every channel in bins
     n-k .. n+k and on nothing else (brute force over the bins, by gradient)."""
     C, N, B = 2, 8, 1
     w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
-                  FusionConfig(action_target="ordered", sub_context=k), C, 3, **text_tensors())
+                  FusionConfig(), C, 3, **text_tensors(), align=AlignmentConfig(target="ordered", context=k))
     z = torch.randn(B * C, N, w.cfg.dim_code, requires_grad=True)
     t = (torch.arange(N) / N + 0.01).expand(B * C, N)[..., None]                # token i sits in bin i
     out = {"z_e": z, "mu": torch.randn(B * C, N, 1), "sigma": torch.rand(B * C, N, 1), "t": t,
@@ -365,14 +366,14 @@ def test_window_scores_read_every_channel_exactly_k_bins_either_side(k):
 
 
 def test_code_chain_switches_to_the_scores_at_the_set_step():
-    """align_scores_from_step=S: before S the window chain emits the code table's summed log p(code |
+    """alignment.scores_from_step=S: before S the window chain emits the code table's summed log p(code |
     state); from S each time bin emits the mean, over the tokens in it, of log softmax(scores) - log prior
     at the class's states (brute force)."""
     torch.manual_seed(0)
     C = 2
     m = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
-                  FusionConfig(action_target="ordered", align_warmup_steps=0, align_scores_from_step=3), C, 3,
-                  **text_tensors())
+                  FusionConfig(), C, 3,
+                  **text_tensors(), align=AlignmentConfig(target="ordered", warmup_steps=0, scores_from_step=3))
     m.code_emit.counts.uniform_(0, 5)
     m.sub_prior.copy_(torch.rand(m.M) + 0.1)
     x, y = torch.randn(4, C, 512), torch.tensor([0, 1, 2, 1])
@@ -399,9 +400,9 @@ def test_code_chain_switches_to_the_scores_at_the_set_step():
 def test_an_aligned_teacher_teaches_its_label_free_scores():
     torch.manual_seed(0)
     C = 2
-    cfg = dict(action_target="ordered", align_warmup_steps=0)
-    s = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"), FusionConfig(**cfg), C, 3,
-                  **text_tensors()).eval()
+    cfg = dict(target="ordered", warmup_steps=0)
+    s = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"), FusionConfig(), C, 3,
+                  **text_tensors(), align=AlignmentConfig(**cfg)).eval()
     x = torch.randn(4, C, 512)
     with torch.no_grad():
         assert torch.equal(s.teach(x, None, keys="vocab").sub_logits,
@@ -417,8 +418,8 @@ def test_alignment_report_counts_windows_aligned_to_one_sub_action():
     torch.manual_seed(0)
     C = 2
     m = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
-                  FusionConfig(action_target="ordered"), C, 3,
-                  **text_tensors()).eval()
+                  FusionConfig(), C, 3,
+                  **text_tensors(), align=AlignmentConfig(target="ordered")).eval()
     data = [{"x": torch.randn(C, 512), "y": torch.tensor(i % 3)} for i in range(4)]
     N = m.cfg.num_token
     path = torch.zeros(4 * C, N, dtype=torch.long)
@@ -681,12 +682,13 @@ def test_the_code_read_off_the_subsequence_gives_the_span_heads_no_gradient():
 
 @pytest.mark.parametrize("k,layers", [(0, 1), (1, 2)])
 def test_conv_reader_scores_read_exactly_k_plus_2L_bins_either_side(k, layers):
-    """sub_layers=L: a token's projection in bin n depends on every channel's tokens in bins n-k-2L .. n+k+2L
+    """alignment.layers=L: a token's projection in bin n depends on every channel's tokens in bins n-k-2L .. n+k+2L
     and on nothing else (brute force over the bins, by gradient); tokens of one bin share it."""
     C, N, B = 2, 16, 1
     torch.manual_seed(0)
     w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling", num_token=N),
-                  FusionConfig(action_target="ordered", sub_context=k, sub_layers=layers), C, 3, **text_tensors())
+                  FusionConfig(), C, 3, **text_tensors(),
+                  align=AlignmentConfig(target="ordered", context=k, layers=layers))
     for conv in w.sub_tok.convs:                     # generic weights: no ReLU dead everywhere by chance
         torch.nn.init.normal_(conv.bias, 1.0, 0.1)
     z = torch.randn(B * C, N, w.cfg.dim_code, requires_grad=True)
@@ -694,7 +696,7 @@ def test_conv_reader_scores_read_exactly_k_plus_2L_bins_either_side(k, layers):
     out = {"z_e": z, "mu": torch.randn(B * C, N, 1), "sigma": torch.rand(B * C, N, 1), "t": t,
            "l": torch.zeros(B * C, N, 1)}
     p = w.token_projection(out, B)
-    assert p.shape == (B * C, N, w.fusion.sub_dim) and torch.equal(p[0], p[1])
+    assert p.shape == (B * C, N, w.align.dim) and torch.equal(p[0], p[1])
     reach = k + 2 * layers
     for n in range(N):
         g, = torch.autograd.grad(p[0, n].sum(), z, retain_graph=True)
@@ -705,10 +707,12 @@ def test_conv_reader_learns_from_the_alignment_targets_and_mlp_reader_is_unchang
     torch.manual_seed(0)
     x, y = torch.randn(4, 2, 512), torch.tensor([0, 1, 2, 1])
     w = MMVQShape(tiny_cfg(dropout=0.0, code_input="subsequence", span_init="tiling"),
-                  FusionConfig(action_target="ordered", align_warmup_steps=0, sub_layers=2), 2, 3, **text_tensors())
+                  FusionConfig(), 2, 3, **text_tensors(),
+                  align=AlignmentConfig(target="ordered", warmup_steps=0, layers=2))
     w.losses(w(x, keys="vocab"), y)["sub"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in w.sub_tok.parameters())
     assert w.attr.tl_head[0].weight.grad is None                                # spans still untouched
-    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(action_target="ordered", sub_context=1), 2, 3, **text_tensors())
+    m = MMVQShape(tiny_cfg(dropout=0.0), FusionConfig(), 2, 3, **text_tensors(),
+                  align=AlignmentConfig(target="ordered", context=1))
     out = m(x, keys="vocab")
     assert torch.equal(out["sub_scores"], m.sub_scores(m.sub_tok(m.window_features(out, 4))))

@@ -1,11 +1,11 @@
 """Cost of ordered alignment in a teacher training step.
 
 The default text-guided teacher (dim 64, 2/2/1 layers, 32 tokens, 6 channels x 512, batch 32, 7
-classes with 5 sub-actions each) trained one step at a time with fusion.action_target =
+classes with 5 sub-actions each) trained one step at a time with teacher.alignment.target =
 "attention" (no scores, no E-step), "set" (scores + class-masked softmax), "ordered" (scores +
 forward-backward on the cyclic chain), "realigned" (the E-step on the scores, which read every channel
 within 2 time bins) and "realigned_conv" (the same scores read through 3 convolutions over the bins,
-fusion.sub_layers); steps interleaved (A, B, C, A, B, C, ...) in this one process so drift hits all alike.
+alignment.layers); steps interleaved (A, B, C, A, B, C, ...) in this one process so drift hits all alike.
 Prints the median step time of each and the ratios to "attention".
 
     python -m experiments.bench.bench_alignment [--steps 20] [--threads 2]
@@ -18,17 +18,17 @@ import time
 
 import torch
 
-from kd.config import FusionConfig, VQShapeConfig
+from kd.config import AlignmentConfig, FusionConfig, VQShapeConfig
 from teachers.mmvqshape import MMVQShape
 
 # name -> FusionConfig settings (the target under study in configs/synthetic_subactions.yaml last: emissions
 # from the code table with scores over +-2 bins, and the same after the switch to the scores)
-VARIANTS = {"attention": dict(action_target="attention"),
-            "set": dict(action_target="set", sub_context=2),
-            "ordered": dict(action_target="ordered", sub_context=2),
-            "realigned": dict(action_target="ordered", sub_context=2, align_scores_from_step=0),
-            # the scores read through 3 residual convolutions over the bins (fusion.sub_layers; subactions.md §11)
-            "realigned_conv": dict(action_target="ordered", sub_context=0, sub_layers=3, align_scores_from_step=0)}
+VARIANTS = {"attention": dict(target="none"),
+            "set": dict(target="set", context=2),
+            "ordered": dict(target="ordered", context=2),
+            "realigned": dict(target="ordered", context=2, scores_from_step=0),
+            # the scores read through 3 residual convolutions over the bins (alignment.layers; subactions.md §11)
+            "realigned_conv": dict(target="ordered", context=0, layers=3, scores_from_step=0)}
 
 
 def build(variant: str, seed: int = 0) -> MMVQShape:
@@ -39,7 +39,7 @@ def build(variant: str, seed: int = 0) -> MMVQShape:
             "class_mask": torch.ones(n_cls, K, dtype=torch.bool), "label_emb": torch.randn(n_cls, Dt)}
     cfg = VQShapeConfig(dim=64, enc_layers=2, enc_heads=4, tok_layers=2, tok_heads=4, dec_layers=1, dec_heads=4,
                         head_detach=True, lambda_shape_norm=1.0)
-    return MMVQShape(cfg, FusionConfig(**VARIANTS[variant], align_warmup_steps=0), 6, n_cls, **text)
+    return MMVQShape(cfg, FusionConfig(), 6, n_cls, **text, align=AlignmentConfig(**VARIANTS[variant], warmup_steps=0))
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""What the E-step of a trained text-guided teacher (fusion.action_target=ordered) gives on held-out
+"""What the E-step of a trained text-guided teacher (teacher.alignment.target=ordered) gives on held-out
 windows: how peaked the chain posteriors are, whether they change along a window, and where the
 label-free sub-action scores point. A posterior that is peaked but the same for every token of a
 series means the chain explains each window with one sub-action.

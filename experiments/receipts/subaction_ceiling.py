@@ -12,7 +12,7 @@ span, kd.recovery.span_majority) it reports, on the test windows:
 * weak supervision on the codes (batch EM from the class only, as the teacher's E-step does
   online): the code table learned by the set-only or the ordered E-step, read label-free (argmax of
   p(codes | sub-action) p(sub-action), no class given) and as the Viterbi path given the class;
-* realignment from the class only (what `fusion.align_scores_from_step` does online): from the ordered
+* realignment from the class only (what `alignment.scores_from_step` does online): from the ordered
   code table's targets, rounds of (an MLP on every channel's attributes at 1 or 2 positions either side
   trained on the targets; the ordered E-step re-run on its likelihoods).
 
@@ -113,7 +113,7 @@ def mlp_probe(tr, te, joint: bool, context: int = 0, epochs: int = 300, seed: in
 def SequenceProbe(width: int, layers: int, hidden: int = 128) -> nn.Module:
     """Residual 1-D convolutions (kernel 5) over the token positions of every channel's attributes:
     `layers` of them see 2 * layers positions either side. The teacher's scores use the same reader
-    (teachers/mmvqshape.py BinConvReader, `fusion.sub_layers`). (B, N, W) -> (B, N, P)."""
+    (teachers/mmvqshape.py BinConvReader, `alignment.layers`). (B, N, W) -> (B, N, P)."""
     return BinConvReader(width, len(PRIMITIVES), hidden, layers)
 
 
@@ -152,7 +152,7 @@ def weak_em(tr, te, teacher, vmap, ordered: bool, p_stay: float, iters: int = 40
 
 
 def realign(tr, te, teacher, vmap, targets, p_stay: float, context: int, rounds: int = 4) -> List[Dict]:
-    """Hybrid-HMM realignment from the class only (what fusion.align_scores_from_step does online): each
+    """Hybrid-HMM realignment from the class only (what alignment.scores_from_step does online): each
     round trains an MLP from scratch on the current soft targets (every channel's attributes at `context`
     positions either side, as the window scores read them), then re-runs the ordered E-step on its scaled
     likelihoods (log softmax - log mean softmax over training tokens) given the class. Per round: test
@@ -198,7 +198,7 @@ def report(run_dir: str) -> Dict:
            "mlp_attrs_per_channel": mlp_probe(tr, te, joint=False), "mlp_attrs_joint": mlp_probe(tr, te, joint=True),
            **{f"mlp_attrs_joint_context{k}": mlp_probe(tr, te, joint=True, context=k) for k in (1, 2, 4)},
            "conv_attrs_3_layers": sequence_probe(tr, te, layers=3)}
-    p = cfg.teacher.fusion.align_p_stay
+    p = cfg.teacher.alignment.p_stay
     rep["em_set"] = weak_em(tr, te, teacher, vmap, ordered=False, p_stay=p)
     rep["em_ordered"] = weak_em(tr, te, teacher, vmap, ordered=True, p_stay=p)
     targets = rep["em_ordered"].pop("targets")
