@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 
 import torch
@@ -36,8 +37,9 @@ def main(argv=None) -> dict:
         for n in (int(v) for v in args.num_token.split(",")):
             for seed in (int(v) for v in args.seeds.split(",")):
                 t0 = time.time()
-                rep = short_teacher_training([f"teacher.vqshape.num_token={n}", *filter(None, ovs.split(","))],
-                                             args.steps, seed)
+                with tempfile.TemporaryDirectory() as run_dir:
+                    rep = short_teacher_training([f"teacher.vqshape.num_token={n}", *filter(None, ovs.split(","))],
+                                                 run_dir, args.steps, seed)
                 rows.append({"variant": name, "num_token": n, "seed": seed, "wall_s": round(time.time() - t0),
                              **{k: v for k, v in rep.items() if k != "collapse_reasons"}})
                 print(json.dumps(rows[-1]), flush=True)

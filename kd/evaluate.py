@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from kd.config import config_from_dict
 from kd.data import Splits, build_splits
 from kd.pipeline import end_processes
-from kd.stages import load_teacher, teacher_dir
+from kd.stages import load_teacher, make_accelerator, teacher_dir
 from kd.reports import test_report
 from kd.predict import Predictor
 
@@ -39,14 +39,14 @@ def load_run_teacher(run_dir: Path) -> Tuple[nn.Module, Dict, DictConfig, Splits
 
 def evaluate_run(run_dir: Path) -> Dict:
     cfg, splits = load_run(run_dir)
-    out = {}
+    accel, out = make_accelerator(cfg), {}
     if (teacher_dir(cfg) / "model.safetensors").is_file():
         teacher, _ = load_teacher(teacher_dir(cfg), splits)
-        out["teacher"] = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher)
+        out["teacher"] = test_report(accel, cfg, splits, lambda b: teacher.predict(b["x"]), teacher)
     for role in ("student", "baseline"):
         if (run_dir / role / "model.safetensors").is_file():
             p = Predictor(run_dir / role)
-            out[role] = test_report(cfg, splits, lambda b, p=p: p.logits(b["x"]), p)
+            out[role] = test_report(accel, cfg, splits, lambda b, p=p: p.logits(b["x"]), p)
     return out
 
 

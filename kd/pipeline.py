@@ -128,7 +128,7 @@ def run(cfg) -> Dict:
         teacher, t_meta, t_results = obtain_teacher(cfg, splits, run_dir, accel)
         results["teacher"] = t_results
     if cfg.stage in ("student", "all"):
-        results.update(run_students(cfg, splits, teacher, t_meta, run_dir))
+        results.update(run_students(accel, cfg, splits, teacher, t_meta, run_dir))
     results["wall_s"] = time.time() - t0
     results["peak_rss_mb"] = peak_rss_mb()
     results["num_processes"] = accel.num_processes
@@ -142,7 +142,7 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     if (path / "model.safetensors").is_file():
         accel.print(f"[teacher] loading {path}")
         teacher, meta = load_teacher(path, splits, expect=OmegaConf.to_container(cfg.teacher, resolve=True))
-        return teacher, meta, evaluate_teacher(cfg, splits, teacher, {"loaded_from": str(path)}, meta)
+        return teacher, meta, evaluate_teacher(accel, cfg, splits, teacher, {"loaded_from": str(path)}, meta)
     if cfg.stage == "student":
         raise CheckpointError(f"stage=student needs a teacher checkpoint at {str(path)!r}; train it first "
                               f"(stage=teacher or stage=all) or set teacher.checkpoint")
@@ -150,20 +150,20 @@ def obtain_teacher(cfg, splits, run_dir: Path, accel: Accelerator):
     t0 = time.time()
     teacher, summary = train_teacher(cfg, splits, text, bank, run_dir)
     meta = teacher_meta(cfg, splits, bank)
-    report = evaluate_teacher(cfg, splits, teacher, {"train": summary, "train_wall_s": time.time() - t0}, meta)
+    report = evaluate_teacher(accel, cfg, splits, teacher, {"train": summary, "train_wall_s": time.time() - t0}, meta)
     if accel.is_main_process and isinstance(teacher, VQShape):
         from teachers.interpret import write_teacher_artifacts
         report["interpretability"] = write_teacher_artifacts(teacher, splits, teacher_dir(cfg), bank)
     return teacher, meta, report
 
 
-def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
+def run_students(accel: Accelerator, cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
     out = {}
     roles = (["student"] if teacher is not None else []) + (["baseline"] if cfg.train.baseline or teacher is None else [])
     extras = load_extra_teachers(cfg, splits) if teacher is not None else {}
     score = recovery_scorer(cfg, splits, t_meta)
     if extras:
-        out["extra_teachers"] = {n: test_report(cfg, splits, (lambda b, m=m: m.predict(b["x"])), m)
+        out["extra_teachers"] = {n: test_report(accel, cfg, splits, (lambda b, m=m: m.predict(b["x"])), m)
                                  for n, m in extras.items()}
     for role in roles:
         t0 = time.time()
@@ -174,7 +174,7 @@ def run_students(cfg, splits, teacher, t_meta, run_dir: Path) -> Dict:
             student, summary = train_baseline(cfg, splits, run_dir)
             workspace, predict = None, (lambda b, m=student: m.predict(b["x"]))
         inference = param_count(student) + (workspace.readout_param_count() if workspace is not None else 0)
-        out[role] = test_report(cfg, splits, predict, student_export(student, workspace),
+        out[role] = test_report(accel, cfg, splits, predict, student_export(student, workspace),
                                 {"arch": cfg.student.arch, "train": summary, "train_wall_s": time.time() - t0,
                                  "params_inference": inference})
         if role == "student":

@@ -6,18 +6,17 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch.nn as nn
-from accelerate import PartialState
+from accelerate import Accelerator
 
 from kd.engine import eval_loader, evaluate
 from kd.layers import param_count
-from kd.stages import make_accelerator
 from kd.vqshape import VQShape
 from teachers.ensemble import Ensemble
 from teachers.mmvqshape import MMVQShape
 
 
-def test_report(cfg, splits, predict, model: nn.Module, extra: Optional[Dict] = None) -> Dict:
-    accel = make_accelerator(cfg)
+def test_report(accel: Accelerator, cfg, splits, predict, model: nn.Module, extra: Optional[Dict] = None) -> Dict:
+    """Test-split metrics of `predict` (a batch -> logits), gathered over the run's processes."""
     model.to(accel.device).eval()
     loader = accel.prepare(eval_loader(splits.test, cfg.data.eval_batch_size))
     report = evaluate(accel, predict, loader, splits.class_names)
@@ -26,12 +25,12 @@ def test_report(cfg, splits, predict, model: nn.Module, extra: Optional[Dict] = 
     return report
 
 
-def teacher_health(teacher, splits, state: PartialState) -> Dict:
+def teacher_health(teacher, splits, accel: Accelerator) -> Dict:
     """Health figures of a VQShape teacher on the held-out windows (teachers/health.py), with a loud
     warning in the log when its tokens have collapsed."""
     from teachers.health import format_health, health_report
     report = health_report(teacher, splits.test)
-    state.print(("[teacher] health: " if not report["collapsed"] else "[teacher] WARNING health: ")
+    accel.print(("[teacher] health: " if not report["collapsed"] else "[teacher] WARNING health: ")
                 + format_health(report))
     return report
 
@@ -74,16 +73,16 @@ def subaction_report(cfg, splits, teacher, t_meta: Optional[Dict]) -> Dict:
     return report
 
 
-def evaluate_teacher(cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
-    report = test_report(cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
+def evaluate_teacher(accel: Accelerator, cfg, splits, teacher, extra: Dict, t_meta: Dict) -> Dict:
+    report = test_report(accel, cfg, splits, lambda b: teacher.predict(b["x"]), teacher, extra)
     if isinstance(teacher, VQShape):
-        report["health"] = teacher_health(teacher, splits, PartialState())
+        report["health"] = teacher_health(teacher, splits, accel)
     if isinstance(teacher, Ensemble):   # an ensemble: each member's own held-out score beside the ensemble's
-        report["member_macro_f1"] = [test_report(cfg, splits, lambda b, m=m: m.predict(b["x"]), m)["macro_f1"]
+        report["member_macro_f1"] = [test_report(accel, cfg, splits, lambda b, m=m: m.predict(b["x"]), m)["macro_f1"]
                                      for m in teacher.members]
     report.update(subaction_report(cfg, splits, teacher, t_meta))
     if teacher.num_actions:  # text-guided: the class-text number is a diagnostic, named as such
-        oracle = test_report(cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
+        oracle = test_report(accel, cfg, splits, lambda b: teacher(b["x"], b["y"], keys="class", reconstruct=False)["logits"],
                              teacher)
         report["oracle_class_text_accuracy"] = oracle["accuracy"]
         report["oracle_class_text_macro_f1"] = oracle["macro_f1"]

@@ -173,36 +173,21 @@ def format_health(report: Dict) -> str:
     return line
 
 
-def short_teacher_training(overrides, steps: int = 300, seed: int = 0) -> Dict:
-    """The default teacher (configs/default.yaml + `overrides`), small and signal-only, trained `steps`
-    steps on generated windows (resampled to 128 steps) with its own loss terms; -> its health report on
-    the held-out subjects. The collapse test's harness (tests/test_health.py), and the quick way to
-    compare teacher options (python -m experiments.short_health)."""
+def short_teacher_training(overrides, run_dir, steps: int = 300, seed: int = 0) -> Dict:
+    """The default teacher (configs/default.yaml + `overrides`), small and signal-only, trained `steps` steps
+    (the teacher stage of kd.stages, batches of 16, the last step kept) on generated windows resampled to
+    128 steps, into `run_dir`; -> its health report on the held-out subjects. The collapse test's harness
+    (tests/test_health.py), and the quick way to compare teacher options (python -m experiments.short_health)."""
     from kd.config import load_config
     from kd.data import build_splits
-    from kd.distiller import OwnLossTask
-    from kd.engine import warmup_cosine
-    from teachers import build_teacher
+    from kd.stages import train_teacher
     vq = ("dim=32,enc_layers=1,enc_heads=4,tok_layers=1,tok_heads=4,dec_layers=1,dec_heads=4,num_token=8,"
           "num_code=64,len_s=32,head_hidden=32")
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", ["data.name=synthetic", "data.synthetic.num_windows=200", "data.synthetic.num_subjects=5",
-                             "data.length=128", "teacher.text_guidance=false", "stage=teacher",
-                             *[f"teacher.vqshape.{kv}" for kv in vq.split(",")], *overrides])
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml", [
+        "data.name=synthetic", "data.synthetic.num_windows=200", "data.synthetic.num_subjects=5", "data.length=128",
+        "data.batch_size=16", "teacher.text_guidance=false", "stage=teacher", "train.teacher_ssl_epochs=0",
+        "train.teacher_epochs=1000", f"train.max_steps={steps}", "train.teacher_lr=2e-3", "train.select=last",
+        f"seed={seed}", f"run_dir={run_dir}", *[f"teacher.vqshape.{kv}" for kv in vq.split(",")], *overrides])
     splits = build_splits(cfg.data)
-    torch.manual_seed(seed)
-    model = build_teacher(cfg.teacher, splits.num_channels, len(splits.class_names), None)
-    task = OwnLossTask(model)
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=0.01)
-    sched = warmup_cosine(opt, 20, steps, 0.05)
-    x = torch.stack([splits.train[i]["x"] for i in range(len(splits.train))])
-    y = torch.stack([splits.train[i]["y"] for i in range(len(splits.train))])
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (16,), generator=g)
-        loss = sum(task({"x": x[idx], "y": y[idx]})[0].values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-    return health_report(model, splits.test)
+    teacher, _ = train_teacher(cfg, splits, None, None, Path(run_dir))
+    return health_report(teacher, splits.test)
